@@ -1,0 +1,74 @@
+"""discofilter's one error hierarchy.
+
+Every error that discofilter raises on purpose derives from `DiscofilterError`. Each carries
+`status_hint`, the HTTP status a client should see if the error ends a request (h11's
+`error_status_hint`), and `reason`, the Kubernetes `Status.reason` to put beside it. The conversion to
+an HTTP answer happens in one place only: the error middleware in `discofilter.app`.
+"""
+
+from __future__ import annotations
+
+
+class DiscofilterError(Exception):
+    """Base of every error discofilter raises on purpose."""
+
+    status_hint: int = 500
+    reason: str = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(DiscofilterError):
+    """A flag, environment variable or kubeconfig that cannot work. Stops the process at start-up."""
+
+    status_hint = 500
+    reason = "InternalError"
+
+
+class SelectorError(ConfigError):
+    """A label selector that does not parse, or breaks the Kubernetes label syntax."""
+
+    status_hint = 400
+    reason = "BadRequest"
+
+
+class StreamFramingError(DiscofilterError):
+    """Upstream bytes that are not a well-formed watch stream or list body.
+
+    The stream is ended with an ERROR event; the bytes are never forwarded unparsed.
+    """
+
+    status_hint = 502
+    reason = "InternalError"
+
+
+class ObjectTooLargeError(StreamFramingError):
+    """One event or list body is larger than the configured limit."""
+
+
+class NotReadyError(DiscofilterError):
+    """Mesh membership is not known yet, or has been stale too long: filtered reads fail closed."""
+
+    status_hint = 503
+    reason = "ServiceUnavailable"
+
+
+class NotAcceptableError(DiscofilterError):
+    """The client asked for a representation of a filtered collection that discofilter cannot filter."""
+
+    status_hint = 406
+    reason = "NotAcceptable"
+
+
+class UpstreamError(DiscofilterError):
+    """The API server could not be reached, or answered in a way discofilter cannot use."""
+
+    status_hint = 502
+    reason = "InternalError"
+
+    def __init__(self, message: str, *, status: int | None = None, upstream_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.upstream_reason = upstream_reason
