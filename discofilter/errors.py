@@ -68,7 +68,9 @@ class UpstreamError(DiscofilterError):
     status_hint = 502
     reason = "InternalError"
 
-    def __init__(self, message: str, *, status: int | None = None, upstream_reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, upstream_reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.upstream_reason = upstream_reason

@@ -1,0 +1,5 @@
+import sys
+
+from discofilter.cli import main
+
+sys.exit(main())

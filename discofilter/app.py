@@ -1,0 +1,131 @@
+"""Builds the aiohttp applications: the proxy listener and the health listener.
+
+Errors become HTTP answers here and only here (``error_middleware``): every ``DiscofilterError`` turns
+into a Kubernetes ``Status`` body with the error's ``status_hint``, so clients such as client-go and
+kubectl print a real message instead of failing to decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from kubernetes_asyncio.client import ApiClient
+
+from discofilter.core.membership import Membership
+from discofilter.errors import DiscofilterError, NotReadyError
+from discofilter.kubeapi import status_body
+from discofilter.proxy import Proxy, _Abort
+from discofilter.settings import Settings
+from discofilter.tracker import KubernetesNamespaceSource, NamespaceSource, NamespaceTracker
+from discofilter.upstream import Upstream, make_session
+
+log = logging.getLogger("discofilter.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _status_response(code: int, reason: str, message: str, *, retry_after: int | None = None) -> web.Response:
+    resp = web.Response(status=code, body=status_body(code, reason, message), content_type="application/json")
+    if retry_after is not None:
+        resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def make_error_middleware(retry_after: int) -> Middleware:
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except NotReadyError as exc:
+            return _status_response(exc.status_hint, exc.reason, exc.message, retry_after=retry_after)
+        except DiscofilterError as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc.message)
+            return _status_response(exc.status_hint, exc.reason, exc.message)
+        except web.HTTPException as exc:
+            return _status_response(exc.status, exc.reason, exc.text or exc.reason)
+        except _Abort:
+            if request.transport is not None:
+                request.transport.close()
+            raise asyncio.CancelledError from None
+
+    return error_middleware
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What one running discofilter holds; tests reach in here."""
+
+    settings: Settings
+    upstream: Upstream
+    membership: Membership
+    proxy: Proxy
+    tracker: NamespaceTracker
+    session: aiohttp.ClientSession
+
+
+async def build_runtime(
+    settings: Settings, upstream: Upstream, *, source: NamespaceSource | None = None
+) -> tuple[Runtime, Callable[[], Awaitable[None]]]:
+    """Create the session, membership, proxy and tracker. Returns the runtime and its closer."""
+    session = make_session(settings.upstream)
+    membership = Membership(settings.selectors)
+    proxy = Proxy(settings, upstream, session, membership)
+    api_client: ApiClient | None = None
+    if source is None:
+        api_client = ApiClient(upstream._config)
+        source = KubernetesNamespaceSource(api_client)
+    tracker = NamespaceTracker(membership, source, settings.namespaces, proxy.registry.on_change)
+    runtime = Runtime(settings, upstream, membership, proxy, tracker, session)
+
+    async def close() -> None:
+        await session.close()
+        if api_client is not None:
+            await api_client.close()
+        await upstream.close()
+
+    return runtime, close
+
+
+def build_proxy_app(runtime: Runtime) -> web.Application:
+    app = web.Application(
+        middlewares=[make_error_middleware(runtime.settings.watch.not_ready_retry_after_seconds)],
+        client_max_size=4 * 1024 * 1024,  # the API server's own request-body limit is 3 MiB
+    )
+    app.router.add_route("*", "/{tail:.*}", runtime.proxy.handle)
+    return app
+
+
+def build_health_app(runtime: Runtime) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if runtime.membership.synced:
+            return web.Response(
+                text=f"ok: {len(runtime.membership)} mesh namespaces of {runtime.membership.known}\n"
+            )
+        return web.Response(status=503, text="mesh membership not synced yet\n")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def tracker_running(runtime: Runtime) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(runtime.tracker.run(), name="namespace-tracker")
+    runtime.upstream.start_refresh()
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

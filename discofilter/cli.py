@@ -1,0 +1,132 @@
+"""Command line: maps flags and DISCOFILTER_* environment variables onto ``Settings``. No logic."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from discofilter import __version__
+from discofilter.core.selectors import SelectorSet, parse_selector
+from discofilter.errors import DiscofilterError
+from discofilter.settings import ServerSettings, Settings, UpstreamSettings
+
+ENV_PREFIX = "DISCOFILTER_"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name) or None
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise DiscofilterError(f"{flag} {value!r} is not HOST:PORT")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="discofilter",
+        description="A watch proxy between istiod and the kube-apiserver that keeps only mesh namespaces' "
+        "pods, services, endpoints and endpointslices in LIST and WATCH answers.",
+    )
+    parser.add_argument("--version", action="version", version=f"discofilter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("serve", help="run the proxy", description="Run the proxy.")
+    s.add_argument(
+        "--kubeconfig",
+        default=_env("KUBECONFIG"),
+        help="kubeconfig of the real API server [env DISCOFILTER_KUBECONFIG]; "
+        "without it KUBECONFIG is used, then the in-cluster ServiceAccount",
+    )
+    s.add_argument("--context", default=_env("CONTEXT"), help="kubeconfig context [env DISCOFILTER_CONTEXT]")
+    s.add_argument(
+        "--listen",
+        default=_env("LISTEN") or "127.0.0.1:15080",
+        help="HOST:PORT of the proxy listener (default 127.0.0.1:15080) [env DISCOFILTER_LISTEN]",
+    )
+    s.add_argument(
+        "--health-listen",
+        default=_env("HEALTH_LISTEN") or "127.0.0.1:15081",
+        help="HOST:PORT serving /healthz and /readyz (default 127.0.0.1:15081; use 0.0.0.0:15081 for "
+        "kubelet probes) [env DISCOFILTER_HEALTH_LISTEN]",
+    )
+    s.add_argument(
+        "--namespace-selector",
+        action="append",
+        metavar="SEL",
+        help="kubectl label selector of mesh namespaces; repeat to OR several (default: "
+        "'istio-injection=enabled' OR 'istio.io/rev') [env DISCOFILTER_NAMESPACE_SELECTOR, ';'-separated]",
+    )
+    s.add_argument(
+        "--tls-cert-file",
+        default=_env("TLS_CERT_FILE"),
+        help="serve HTTPS with this certificate [env DISCOFILTER_TLS_CERT_FILE]",
+    )
+    s.add_argument(
+        "--tls-key-file",
+        default=_env("TLS_KEY_FILE"),
+        help="key of --tls-cert-file [env DISCOFILTER_TLS_KEY_FILE]",
+    )
+    s.add_argument(
+        "--upstream-credentials",
+        action="store_true",
+        default=(_env("UPSTREAM_CREDENTIALS") or "").lower() in ("1", "true", "yes"),
+        help="attach discofilter's own credentials to requests that carry none (the sidecar case); "
+        "refused unless --listen is a loopback address [env DISCOFILTER_UPSTREAM_CREDENTIALS=true]",
+    )
+    s.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL") or "info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info) [env DISCOFILTER_LOG_LEVEL]",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, int]]:
+    texts: list[str] = args.namespace_selector or [
+        t for t in (_env("NAMESPACE_SELECTOR") or "").split(";") if t.strip()
+    ]
+    base = Settings()
+    selectors = SelectorSet(tuple(parse_selector(t) for t in texts)) if texts else base.selectors
+    host, port = _host_port(args.listen, "--listen")
+    health = _host_port(args.health_listen, "--health-listen")
+    settings = Settings(
+        selectors=selectors,
+        server=ServerSettings(
+            host=host,
+            port=port,
+            tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file,
+            upstream_credentials=args.upstream_credentials,
+        ),
+        upstream=UpstreamSettings(kubeconfig=args.kubeconfig, context=args.context),
+        log_level=args.log_level,
+    )
+    return settings, health
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings, (hhost, hport) = settings_from_args(args)
+            logging.basicConfig(
+                level=settings.log_level.upper(),
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                stream=sys.stderr,
+            )
+            from discofilter.runner import run
+
+            run(settings, health_host=hhost, health_port=hport)
+    except DiscofilterError as exc:
+        print(f"discofilter: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,170 @@
+"""Membership: which namespaces are in the mesh, and when that last changed.
+
+A namespace is in the mesh when its labels match any of the selectors (Istio's
+``meshConfig.discoverySelectors`` semantics: ORed selectors, ANDed requirements inside one).
+A Terminating namespace stays a member while its labels match, so the DELETED events of its objects
+still reach istiod; it leaves when the namespace itself is DELETED.
+
+The set is fed from a namespace LIST (``replace``) and WATCH events (``apply``); both return the
+namespaces whose membership flipped. Every flip bumps ``generation`` and is remembered per namespace
+with the resourceVersion at which it was seen, so the proxy can tell whether a client's state predates
+a change (``resume_is_current``).
+
+Rule 1: no I/O. ``synced`` is False until the first LIST: filtered reads must fail closed until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from discofilter.core.selectors import SelectorSet
+
+_NEVER: Final = 0
+
+
+def parse_rv(rv: str | None) -> int | None:
+    """resourceVersions are opaque strings by contract, but etcd-backed ones are integer revisions of
+    one store, so pods' and namespaces' RVs compare. A value that is not an integer compares as unknown."""
+    if rv is None:
+        return None
+    try:
+        return int(rv)
+    except ValueError:
+        return None
+
+
+class Membership:
+    """The live set of mesh namespaces. Supports ``ns in membership``."""
+
+    __slots__ = (
+        "_changed_gen",
+        "_changed_rv",
+        "_labels",
+        "_last_change_gen",
+        "_last_change_rv",
+        "_members",
+        "generation",
+        "last_rv",
+        "selectors",
+        "synced",
+        "synced_rv",
+    )
+
+    def __init__(self, selectors: SelectorSet) -> None:
+        self.selectors = selectors
+        self.synced = False
+        self.generation = 0
+        self.synced_rv: int | None = None
+        """The namespace LIST resourceVersion of the first sync: changes before it are unknown here."""
+        self.last_rv: int | None = None
+        self._labels: dict[str, Mapping[str, str]] = {}
+        self._members: set[str] = set()
+        self._changed_gen: dict[str, int] = {}
+        self._changed_rv: dict[str, int] = {}
+        self._last_change_gen = _NEVER
+        self._last_change_rv: int | None = None
+
+    def __contains__(self, namespace: object) -> bool:
+        return namespace in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    @property
+    def members(self) -> frozenset[str]:
+        return frozenset(self._members)
+
+    @property
+    def known(self) -> int:
+        """How many namespaces are known, members or not."""
+        return len(self._labels)
+
+    def replace(self, namespaces: Iterable[Mapping[str, object]], list_rv: str | None) -> frozenset[str]:
+        """Take a full namespace LIST. Returns the namespaces whose membership changed."""
+        labels: dict[str, Mapping[str, str]] = {}
+        for obj in namespaces:
+            name, lab = _name_and_labels(obj)
+            labels[name] = lab
+        rv = parse_rv(list_rv)
+        self._labels = labels
+        changed = self._recompute(rv)
+        if not self.synced:
+            self.synced = True
+            self.synced_rv = rv
+        return changed
+
+    def apply(self, event_type: str, obj: Mapping[str, object]) -> frozenset[str]:
+        """Take one namespace WATCH event. Returns the namespaces whose membership changed."""
+        name, lab = _name_and_labels(obj)
+        meta = obj.get("metadata")
+        rv = parse_rv(meta.get("resourceVersion") if isinstance(meta, dict) else None)
+        if event_type == "DELETED":
+            self._labels.pop(name, None)
+        elif event_type in ("ADDED", "MODIFIED"):
+            self._labels[name] = lab
+        else:
+            return frozenset()
+        return self._recompute(rv, only=name)
+
+    def set_selectors(self, selectors: SelectorSet) -> frozenset[str]:
+        """Swap the selectors (e.g. Istio's discoverySelectors changed). Returns what changed."""
+        self.selectors = selectors
+        return self._recompute(self.last_rv)
+
+    def changed_since(self, generation: int, namespace: str | None) -> bool:
+        """Has membership of ``namespace`` (or of any namespace, for None) changed after ``generation``?"""
+        if namespace is None:
+            return self._last_change_gen > generation
+        return self._changed_gen.get(namespace, _NEVER) > generation
+
+    def resume_is_current(self, rv: str, namespace: str | None) -> bool:
+        """Can a client that holds state at ``rv`` (from anywhere) resume watching without a relist?
+
+        Only if no membership change in scope is newer than ``rv``, and ``rv`` is not older than what
+        this process has seen from its first sync on (changes before that are unknown to it).
+        """
+        at = parse_rv(rv)
+        if at is None or self.synced_rv is None or at < self.synced_rv:
+            return False
+        last = self._last_change_rv if namespace is None else self._changed_rv.get(namespace)
+        return last is None or at >= last
+
+    def _recompute(self, rv: int | None, only: str | None = None) -> frozenset[str]:
+        if rv is not None and (self.last_rv is None or rv > self.last_rv):
+            self.last_rv = rv
+        names: Iterable[str] = (only,) if only is not None else set(self._labels) | self._members
+        changed: set[str] = set()
+        for name in names:
+            lab = self._labels.get(name)
+            member = lab is not None and self.selectors.matches(lab)
+            if member != (name in self._members):
+                changed.add(name)
+                if member:
+                    self._members.add(name)
+                else:
+                    self._members.discard(name)
+        if changed and self.synced:
+            self.generation += 1
+            stamp = rv if rv is not None else self.last_rv
+            for name in changed:
+                self._changed_gen[name] = self.generation
+                if stamp is not None:
+                    self._changed_rv[name] = stamp
+            self._last_change_gen = self.generation
+            if stamp is not None:
+                self._last_change_rv = stamp
+        return frozenset(changed)
+
+
+def _name_and_labels(obj: Mapping[str, object]) -> tuple[str, Mapping[str, str]]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise ValueError("namespace object without metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("namespace object without a name")
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise ValueError(f"namespace {name!r} has malformed labels")
+    return name, labels

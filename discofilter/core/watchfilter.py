@@ -1,0 +1,248 @@
+"""WatchFilter: keeps the events of mesh namespaces in a JSON watch stream, byte for byte.
+
+``feed(chunk)`` returns the kept event lines exactly as the API server wrote them; they are written on
+to the client unchanged. Nothing is decoded and re-encoded, except a Table event whose rows span
+namespaces in and out of the mesh (a real server sends one row per watch event, so this is a corner).
+
+How an event's namespace is found, per line:
+1. Fast path: one anchored regular expression over the head of the line. The API server writes
+   ``{"type":T,"object":{"kind":K,"apiVersion":A,"metadata":{"name":N,"generateName":G,"namespace":NS``
+   in this order (Go struct field order of TypeMeta and ObjectMeta). The pattern only matches when the
+   namespace key is the third key at most of the object's own metadata, after string-valued name and
+   generateName without escapes, so a ``"namespace"`` key inside labels or annotations can never match.
+   name and generateName can be 253 characters each; the scan stays within the head of the line.
+2. Slow path: ``orjson.loads`` of the line whenever the fast path cannot be sure (other key order,
+   escapes, Table and PartialObjectMetadata objects, BOOKMARK and ERROR). Both paths must agree; the
+   tests run every case through both (``classify_fast`` and ``classify_slow``).
+
+Rule 1: no I/O here. Rule 2: a line that is not a well-formed event raises ``StreamFramingError``;
+it is never forwarded unparsed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Container
+from typing import Final
+
+import orjson
+
+from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES, LineFramer
+from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES, OBJECT_EVENT_TYPES
+from discofilter.errors import StreamFramingError
+
+_FAST: Final = re.compile(
+    rb'\{"type":"(ADDED|MODIFIED|DELETED)","object":\{"kind":"[A-Za-z0-9]+","apiVersion":"[A-Za-z0-9./-]+",'
+    rb'"metadata":\{(?:"name":"[^"\\]*",)?(?:"generateName":"[^"\\]*",)?"namespace":"([^"\\]*)"'
+)
+_FAST_ALWAYS: Final = re.compile(rb'\{"type":"(BOOKMARK|ERROR)","object":\{')
+_TYPES: Final = {t.encode(): t for t in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")}
+
+# What a decision is: the event type, and the namespace of an object event (None for BOOKMARK/ERROR).
+Verdict = tuple[str, str | None]
+
+
+def classify_fast(line: bytes) -> Verdict | None:
+    """Return (type, namespace) when the head of the line settles it, else None.
+
+    Beyond the head, only the tail is checked (the event must close its object): validating the whole
+    line would be the full parse this path exists to avoid, and the client's own decoder rejects a
+    corrupt middle anyway.
+    """
+    if not line.endswith(b"}\n"):
+        return None
+    m = _FAST.match(line)
+    if m is not None:
+        try:
+            return _TYPES[m.group(1)], m.group(2).decode()
+        except UnicodeDecodeError:
+            return None
+    m = _FAST_ALWAYS.match(line)
+    if m is not None:
+        return _TYPES[m.group(1)], None
+    return None
+
+
+def _decode(line: bytes) -> dict[str, object]:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise StreamFramingError(f"watch event is not valid JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise StreamFramingError("watch event is not a JSON object")
+    return event
+
+
+def _event_type(event: dict[str, object]) -> str:
+    etype = event.get("type")
+    if not isinstance(etype, str) or etype not in EVENT_TYPES:
+        raise StreamFramingError(f"watch event has an unknown type {etype!r}")
+    if not isinstance(event.get("object"), dict):
+        raise StreamFramingError(f"{etype} watch event has no object")
+    return etype
+
+
+def object_namespace(obj: object) -> str:
+    """The ``metadata.namespace`` of a raw object; "" when it has none."""
+    if not isinstance(obj, dict):
+        raise StreamFramingError("object is not a JSON object")
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise StreamFramingError("object has no metadata")
+    ns = meta.get("namespace", "")
+    if not isinstance(ns, str):
+        raise StreamFramingError("object has a non-string namespace")
+    return ns
+
+
+def table_rows(obj: dict[str, object]) -> list[dict[str, object]] | None:
+    """The rows of a meta.k8s.io Table object, or None if ``obj`` is not a Table."""
+    if obj.get("kind") != "Table" or not str(obj.get("apiVersion", "")).startswith("meta.k8s.io/"):
+        return None
+    rows = obj.get("rows") or []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise StreamFramingError("Table has malformed rows")
+    return rows
+
+
+def row_namespace(row: dict[str, object]) -> str:
+    """A Table row's namespace, from the PartialObjectMetadata (or full object) it carries."""
+    if "object" not in row:
+        # includeObject=None gives rows without objects: their namespace cannot be known.
+        raise StreamFramingError("Table row carries no object, so its namespace is unknown")
+    return object_namespace(row["object"])
+
+
+def classify_slow(line: bytes) -> Verdict:
+    """Return (type, namespace) by decoding the whole line. Table events are handled by the caller."""
+    event = _decode(line)
+    etype = _event_type(event)
+    if etype in ALWAYS_FORWARDED:
+        return etype, None
+    obj = event["object"]
+    assert isinstance(obj, dict)
+    if table_rows(obj) is not None:
+        raise _TableEvent(event)
+    return etype, object_namespace(obj)
+
+
+class _TableEvent(Exception):
+    """Internal signal: the line is a Table event, to be filtered row by row."""
+
+    def __init__(self, event: dict[str, object]) -> None:
+        super().__init__()
+        self.event = event
+
+
+class WatchFilter:
+    """Feed JSON watch-body chunks; get back the kept event lines, unchanged.
+
+    ``members`` is the live set of mesh namespaces (anything supporting ``in``). ``use_fast_path`` exists
+    so the tests can prove the fast and slow paths decide alike.
+    """
+
+    __slots__ = (
+        "_framer",
+        "_members",
+        "_use_fast",
+        "bytes_in",
+        "bytes_out",
+        "events_dropped",
+        "events_in",
+        "events_kept",
+        "last_kept",
+    )
+
+    def __init__(
+        self,
+        members: Container[str],
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        use_fast_path: bool = True,
+    ) -> None:
+        self._framer = LineFramer(max_line_bytes)
+        self._members = members
+        self._use_fast = use_fast_path
+        self.events_in = 0
+        self.events_kept = 0
+        self.events_dropped = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # The last line forwarded: the client's resume point is the resourceVersion inside it.
+        self.last_kept: bytes | None = None
+
+    @property
+    def buffered(self) -> int:
+        return self._framer.buffered
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.bytes_in += len(data)
+        lines = self._framer.feed(data)
+        if not lines:
+            return lines
+        kept: list[bytes] = []
+        members = self._members
+        fast = self._use_fast
+        for line in lines:
+            self.events_in += 1
+            verdict = classify_fast(line) if fast else None
+            if verdict is None:
+                if not line.strip():
+                    self.events_in -= 1  # a blank line is not an event; the API server never sends one
+                    continue
+                try:
+                    verdict = classify_slow(line)
+                except _TableEvent as table:
+                    out = self._filter_table(table.event, line)
+                    if out is None:
+                        self.events_dropped += 1
+                    else:
+                        kept.append(out)
+                    continue
+            ns = verdict[1]
+            if ns is None or ns in members:
+                kept.append(line)
+            else:
+                self.events_dropped += 1
+        if kept:
+            self.events_kept += len(kept)
+            self.last_kept = kept[-1]
+            for k in kept:
+                self.bytes_out += len(k)
+        return kept
+
+    def feed_eof(self) -> None:
+        """End of the upstream body: raises StreamFramingError if it ended inside an event."""
+        self._framer.feed_eof()
+
+    def _filter_table(self, event: dict[str, object], line: bytes) -> bytes | None:
+        obj = event["object"]
+        assert isinstance(obj, dict)
+        rows = table_rows(obj) or []
+        keep = [row for row in rows if row_namespace(row) in self._members]
+        if len(keep) == len(rows):
+            return line if rows else None
+        if not keep:
+            return None
+        obj["rows"] = keep
+        return orjson.dumps(event) + b"\n"
+
+
+def event_resource_version(line: bytes) -> str | None:
+    """The ``metadata.resourceVersion`` of an event line's object (one decode; used once per stream)."""
+    try:
+        event = orjson.loads(line)
+        rv = event["object"]["metadata"]["resourceVersion"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return rv if isinstance(rv, str) and rv else None
+
+
+__all__ = [
+    "OBJECT_EVENT_TYPES",
+    "WatchFilter",
+    "classify_fast",
+    "classify_slow",
+    "event_resource_version",
+    "object_namespace",
+]

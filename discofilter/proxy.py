@@ -1,0 +1,361 @@
+"""The proxy handlers: pass-through, filtered LIST and filtered WATCH, over one upstream session.
+
+Credentials (discofilter never adds privileges):
+- TLS listener: the client's Authorization header is forwarded unchanged; nothing of discofilter's is
+  ever attached, so istiod's own identity reaches the API server (RBAC, audit). No header, no identity.
+- Loopback listener with ``--upstream-credentials``: a request without Authorization gets
+  discofilter's own (bearer token and, if configured, client certificate), like ``kubectl proxy``.
+  A client's own Authorization still wins, and then the connection carries no client certificate.
+- Plain listener otherwise: whatever the client sent is forwarded.
+
+Membership changes reach open watches as a 410 ``Expired`` ERROR event (see ``WatchRegistry``): the
+client relists through discofilter and its store's Replace computes the adds and deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Container
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from discofilter.core.ledger import ResumeLedger
+from discofilter.core.listfilter import filter_list
+from discofilter.core.membership import Membership
+from discofilter.core.routing import Route, RouteKind, classify
+from discofilter.core.watchfilter import WatchFilter, event_resource_version
+from discofilter.errors import (
+    NotAcceptableError,
+    NotReadyError,
+    ObjectTooLargeError,
+    StreamFramingError,
+    UpstreamError,
+)
+from discofilter.kubeapi import error_event, hop_by_hop, is_json_content_type, json_accept, media_params
+from discofilter.settings import Settings
+from discofilter.upstream import Upstream
+
+log = logging.getLogger("discofilter.proxy")
+
+# The API server gzips non-watch answers over 128 KiB (REFERENCE.md, "Compression"); a filtered list
+# is re-compressed on the same rule so a client sees what it would have seen.
+GZIP_THRESHOLD = 128 * 1024
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_NOTHING: frozenset[str] = frozenset()
+
+
+@dataclass(eq=False, slots=True)
+class OpenWatch:
+    resource: str
+    namespace: str | None
+    generation: int
+    upstream: aiohttp.ClientResponse | None = None
+    expired: bool = False
+    """Set when a membership change ended this watch: the client gets a 410 and relists."""
+
+
+@dataclass(slots=True)
+class WatchRegistry:
+    """The open filtered watches, so a membership change can end the ones it affects."""
+
+    watches: set[OpenWatch] = field(default_factory=set)
+    expired_total: int = 0
+
+    def on_change(self, changed: frozenset[str]) -> None:
+        for w in list(self.watches):
+            if w.expired or (w.namespace is not None and w.namespace not in changed):
+                continue
+            w.expired = True
+            self.expired_total += 1
+            if w.upstream is not None:
+                # Closing the upstream ends the relay loop at the next read; whole events already
+                # forwarded stay forwarded, a partial one in the framer is never sent.
+                w.upstream.close()
+
+
+class Proxy:
+    """Holds what every request needs; ``handle`` is the one aiohttp handler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        session: aiohttp.ClientSession,
+        membership: Membership,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.session = session
+        self.membership = membership
+        self.registry = WatchRegistry()
+        self.ledger = ResumeLedger()
+        self.tls = settings.server.tls_cert_file is not None
+        self.lend_credentials = settings.server.upstream_credentials and not self.tls
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path
+        path = raw.partition("?")[0]
+        if request.headers.get("Upgrade"):
+            raise UpstreamError(
+                "discofilter does not proxy connection upgrades (exec, attach, port-forward); "
+                "use the API server directly for those",
+            )
+        route = classify(request.method, path, request.query.getall("watch", []))
+        if route.kind is RouteKind.PASSTHROUGH:
+            return await self._passthrough(request, raw)
+        if route.kind is RouteKind.REJECTED:
+            raise web.HTTPBadRequest(reason="BadRequest", text=route.reason)
+        if not self.membership.synced:
+            raise NotReadyError("discofilter has not synced mesh membership yet; retry shortly")
+        if route.kind is RouteKind.LIST:
+            return await self._list(request, raw, route)
+        return await self._watch(request, raw, route)
+
+    # -- upstream request building ------------------------------------------------------------------
+
+    async def _headers(
+        self, request: web.Request, *, accept: str | None = None
+    ) -> tuple[CIMultiDict[str], ssl.SSLContext | bool]:
+        drop = hop_by_hop(request.headers) | {"host", "content-length"}
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() not in drop
+        )
+        if accept is not None:
+            headers["Accept"] = accept
+        ssl_ctx = self.upstream.client_ssl
+        if self.lend_credentials and "Authorization" not in headers:
+            own = await self.upstream.authorization()
+            if own:
+                headers["Authorization"] = own
+            ssl_ctx = self.upstream.own_ssl
+        return headers, ssl_ctx
+
+    async def _open(
+        self,
+        request: web.Request,
+        raw: str,
+        *,
+        accept: str | None = None,
+        decompress: bool = False,
+        body: bytes | None = None,
+    ) -> aiohttp.ClientResponse:
+        headers, ssl_ctx = await self._headers(request, accept=accept)
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        url = URL(self.upstream.base_url + raw, encoded=True)
+        try:
+            return await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body if body else None,
+                ssl=ssl_ctx,
+                allow_redirects=False,
+                auto_decompress=decompress,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                read_bufsize=self.settings.watch.read_chunk_bytes,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
+
+    @staticmethod
+    def _copy_headers(resp: aiohttp.ClientResponse, out: web.StreamResponse, *, rewritten: bool) -> None:
+        drop = hop_by_hop(resp.headers)
+        if rewritten:
+            drop = drop | {"content-length", "content-encoding"}
+        for k, v in resp.headers.items():
+            if k.lower() not in drop:
+                out.headers.add(k, v)
+
+    # -- pass-through -------------------------------------------------------------------------------
+
+    async def _passthrough(self, request: web.Request, raw: str) -> web.StreamResponse:
+        body = await request.read() if request.body_exists else None
+        resp = await self._open(request, raw, body=body)
+        try:
+            out = web.StreamResponse(status=resp.status, reason=resp.reason)
+            self._copy_headers(resp, out, rewritten=False)
+            await out.prepare(request)
+            if request.method != "HEAD":
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+            await out.write_eof()
+            return out
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
+            raise _Abort from exc
+        finally:
+            resp.release()
+
+    # -- filtered reads -----------------------------------------------------------------------------
+
+    def _members_for(self, route: Route) -> Container[str]:
+        """A per-namespace read of a namespace outside the mesh keeps nothing but bookmarks and errors,
+        whatever the API server sends; otherwise the live membership decides per object."""
+        if route.namespace is not None and route.namespace not in self.membership:
+            return _NOTHING
+        return self.membership
+
+    def _check_table_request(self, request: web.Request) -> None:
+        wants_table = any(p.get("as") == "Table" for p in media_params(request.headers.get("Accept")))
+        if wants_table and request.query.get("includeObject") == "None":
+            raise NotAcceptableError(
+                "includeObject=None Tables carry no namespaces, so discofilter cannot filter them"
+            )
+
+    async def _list(self, request: web.Request, raw: str, route: Route) -> web.StreamResponse:
+        self._check_table_request(request)
+        resp = await self._open(
+            request, raw, accept=json_accept(request.headers.get("Accept")), decompress=True
+        )
+        try:
+            limit = self.settings.watch.max_list_bytes
+            if resp.content_length is not None and resp.content_length > limit:
+                raise ObjectTooLargeError(f"LIST answer of {resp.content_length} bytes exceeds {limit}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(self.settings.watch.read_chunk_bytes):
+                size += len(chunk)
+                if size > limit:
+                    raise ObjectTooLargeError(f"LIST answer exceeds the {limit}-byte limit")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise UpstreamError(f"API server ended the LIST answer early: {exc}") from exc
+        finally:
+            resp.release()
+        out = web.Response(status=resp.status, reason=resp.reason)
+        self._copy_headers(resp, out, rewritten=True)
+        if resp.status != 200:
+            out.body = body  # an error Status: there are no objects to filter
+            return out
+        if not is_json_content_type(resp.headers.get("Content-Type")):
+            raise StreamFramingError(
+                f"API server answered a filtered LIST with {resp.headers.get('Content-Type')!r}, not JSON"
+            )
+        generation = self.membership.generation
+        result = filter_list(body, self._members_for(route))
+        if result.resource_version is not None:
+            self.ledger.record_page(
+                route.resource or "",
+                result.resource_version,
+                generation,
+                continue_in=request.query.get("continue"),
+                continue_out=result.continue_token,
+            )
+        out.body = result.body
+        if len(result.body) > GZIP_THRESHOLD and "gzip" in request.headers.get("Accept-Encoding", ""):
+            out.enable_compression(web.ContentCoding.gzip)
+        log.debug("LIST %s: kept %d of %d items", request.path, result.items_kept, result.items_in)
+        return out
+
+    # -- filtered WATCH -----------------------------------------------------------------------------
+
+    def _resume_is_stale(self, request: web.Request, route: Route) -> str | None:
+        """If the client's state may predate a membership change, return its resourceVersion."""
+        q = request.query
+        rv = q.get("resourceVersion", "")
+        if rv in ("", "0") or q.get("sendInitialEvents") in _TRUE:
+            return None  # the API server sends the whole current state first: nothing to be stale
+        generation = self.ledger.generation(route.resource or "", rv)
+        if generation is not None:
+            stale = self.membership.changed_since(generation, route.namespace)
+        else:
+            stale = not self.membership.resume_is_current(rv, route.namespace)
+        return rv if stale else None
+
+    async def _expired_answer(self, request: web.Request, message: str) -> web.StreamResponse:
+        out = web.StreamResponse(status=200)
+        out.content_type = "application/json"
+        out.headers["Cache-Control"] = "no-cache, private"
+        await out.prepare(request)
+        await out.write(error_event(410, "Expired", message))
+        await out.write_eof()
+        return out
+
+    async def _watch(self, request: web.Request, raw: str, route: Route) -> web.StreamResponse:
+        self._check_table_request(request)
+        stale_rv = self._resume_is_stale(request, route)
+        if stale_rv is not None:
+            return await self._expired_answer(
+                request, f"too old resource version: {stale_rv} (mesh membership changed since; relist)"
+            )
+        watch = OpenWatch(route.resource or "", route.namespace, self.membership.generation)
+        self.registry.watches.add(watch)
+        try:
+            return await self._relay_watch(request, raw, route, watch)
+        finally:
+            self.registry.watches.discard(watch)
+
+    async def _relay_watch(
+        self, request: web.Request, raw: str, route: Route, watch: OpenWatch
+    ) -> web.StreamResponse:
+        resp = await self._open(
+            request, raw, accept=json_accept(request.headers.get("Accept")), decompress=True
+        )
+        watch.upstream = resp
+        try:
+            if resp.status != 200:
+                error = web.Response(status=resp.status, reason=resp.reason, body=await resp.read())
+                self._copy_headers(resp, error, rewritten=True)
+                return error
+            if not is_json_content_type(resp.headers.get("Content-Type")):
+                ctype = resp.headers.get("Content-Type")
+                raise StreamFramingError(f"API server answered a filtered WATCH with {ctype!r}, not JSON")
+            out = web.StreamResponse(status=200, reason=resp.reason)
+            self._copy_headers(resp, out, rewritten=True)
+            await out.prepare(request)  # headers go out now, before the first event
+            wf = WatchFilter(self._members_for(route), max_line_bytes=self.settings.watch.max_event_bytes)
+            ended_by = await self._pump(resp, out, wf, watch)
+            if watch.expired:
+                await out.write(
+                    error_event(410, "Expired", "mesh membership changed during this watch; relist")
+                )
+            elif ended_by is not None:
+                log.warning("watch %s ended: %s", request.path, ended_by)
+                await out.write(error_event(500, "InternalError", f"discofilter: {ended_by}"))
+            elif wf.last_kept is not None:
+                rv = event_resource_version(wf.last_kept)
+                if rv is not None:
+                    self.ledger.record(watch.resource, rv, watch.generation)
+            with contextlib.suppress(ConnectionError):
+                await out.write_eof()
+            return out
+        finally:
+            resp.close()
+
+    async def _pump(
+        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wf: WatchFilter, watch: OpenWatch
+    ) -> str | None:
+        """Relay until upstream EOF. Returns why the stream had to be ended early, or None."""
+        try:
+            while True:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    break
+                if watch.expired:
+                    return None
+                kept = wf.feed(chunk)
+                if kept:
+                    # One write per upstream read: whole events only, flushed now (never held for the
+                    # next one); awaiting it is the backpressure on a slow client.
+                    await out.write(kept[0] if len(kept) == 1 else b"".join(kept))
+            if not watch.expired:
+                wf.feed_eof()
+        except StreamFramingError as exc:
+            return f"malformed upstream watch stream: {exc}"
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            if not watch.expired:
+                log.info("upstream watch connection ended: %s", exc)
+        return None
+
+
+class _Abort(Exception):
+    """A response already started cannot become an error answer: drop the client connection."""

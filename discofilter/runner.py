@@ -1,0 +1,113 @@
+"""Runs discofilter: uvloop, listeners, signals, and an orderly shutdown.
+
+Shutdown order on SIGTERM/SIGINT: stop accepting, end open watches at an event boundary (clients
+reconnect elsewhere, as they do after any API server watch timeout), let in-flight requests finish
+within ``shutdown_grace_seconds``, then close the upstream session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import ssl
+
+import uvloop
+from aiohttp import web
+
+from discofilter.app import build_health_app, build_proxy_app, build_runtime, tracker_running
+from discofilter.errors import ConfigError
+from discofilter.settings import ServerSettings, Settings
+from discofilter.upstream import load_upstream
+
+log = logging.getLogger("discofilter")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_settings(server: ServerSettings) -> None:
+    """Refuse settings that would lend discofilter's credentials beyond the local host."""
+    if (server.tls_cert_file is None) != (server.tls_key_file is None):
+        raise ConfigError("--tls-cert-file and --tls-key-file must be given together")
+    if server.upstream_credentials:
+        if server.tls_cert_file is not None:
+            raise ConfigError(
+                "--upstream-credentials is for the plain loopback listener; "
+                "with TLS, clients send their own token"
+            )
+        if not is_loopback(server.host):
+            raise ConfigError(
+                f"--upstream-credentials refused on {server.host}: it would lend discofilter's identity to "
+                "anyone who can reach that address; listen on 127.0.0.1 or ::1"
+            )
+
+
+def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
+    if server.tls_cert_file is None or server.tls_key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the serving certificate: {exc}") from exc
+    return ctx
+
+
+async def serve(settings: Settings, *, health_host: str, health_port: int) -> None:
+    check_server_settings(settings.server)
+    ssl_ctx = server_ssl_context(settings.server)
+    upstream = await load_upstream(settings.upstream)
+    runtime, close = await build_runtime(settings, upstream)
+    proxy_runner = web.AppRunner(build_proxy_app(runtime), handler_cancellation=True, access_log=None)
+    health_runner = web.AppRunner(build_health_app(runtime), access_log=None)
+    await proxy_runner.setup()
+    await health_runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with tracker_running(runtime):
+            srv = settings.server
+            try:
+                await web.TCPSite(proxy_runner, srv.host, srv.port, ssl_context=ssl_ctx).start()
+                await web.TCPSite(health_runner, health_host, health_port).start()
+            except OSError as exc:
+                raise ConfigError(f"cannot listen: {exc}") from exc
+            scheme = "https" if ssl_ctx else "http"
+            log.info(
+                "discofilter listening on %s://%s:%d (health on %s:%d), upstream %s from %s, selectors %s%s",
+                scheme,
+                srv.host,
+                srv.port,
+                health_host,
+                health_port,
+                upstream.base_url,
+                upstream.source,
+                settings.selectors,
+                ", lending its own credentials to loopback clients" if srv.upstream_credentials else "",
+            )
+            await stop.wait()
+            log.info("shutting down: ending %d open watches", len(runtime.proxy.registry.watches))
+            for w in list(runtime.proxy.registry.watches):
+                if w.upstream is not None:
+                    w.upstream.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proxy_runner.shutdown(), settings.server.shutdown_grace_seconds)
+    finally:
+        await proxy_runner.cleanup()
+        await health_runner.cleanup()
+        await close()
+
+
+def run(settings: Settings, *, health_host: str, health_port: int) -> None:
+    uvloop.run(serve(settings, health_host=health_host, health_port=health_port))

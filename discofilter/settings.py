@@ -1,0 +1,78 @@
+"""Settings: typed, frozen, grouped; each default says why it is what it is.
+
+``cli.py`` only maps flags and ``DISCOFILTER_*`` environment variables onto these. Tests build
+``Settings()`` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
+from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    """Loopback by default: the sidecar case, and the only place --upstream-credentials is allowed."""
+    port: int = 15080
+    """Next to Istio's 150xx sidecar ports, and free in a stock istiod pod."""
+    tls_cert_file: str | None = None
+    """Serve HTTPS, so that client-go sends its own bearer token (it sends none to http:// servers)."""
+    tls_key_file: str | None = None
+    upstream_credentials: bool = False
+    """Attach discofilter's own credentials to client requests that carry none (like kubectl proxy).
+    Off by default and refused on any non-loopback address: it must never lend privileges to the network."""
+    shutdown_grace_seconds: float = 10.0
+    """How long in-flight LISTs may finish on SIGTERM; well under Kubernetes' default 30 s grace period."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    kubeconfig: str | None = None
+    """Explicit kubeconfig; without it KUBECONFIG is used, then the in-cluster config (as istiod does)."""
+    context: str | None = None
+    connect_timeout_seconds: float = 10.0
+    """A TCP+TLS connect to a healthy API server takes milliseconds; 10 s rides out a busy control plane."""
+    pool_size: int = 256
+    """Each open watch holds a connection (HTTP/1.1). 256 covers several istiods' watches with room."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    max_event_bytes: int = DEFAULT_MAX_LINE_BYTES
+    """Largest single watch event; see core.framing for the precedents."""
+    max_list_bytes: int = 1024 * 1024 * 1024
+    """Largest LIST body discofilter will buffer to filter. 150k pods (the Kubernetes scalability limit)
+    at ~5 KB each is ~750 MB of JSON; clients page such lists with limit/continue anyway."""
+    read_chunk_bytes: int = 256 * 1024
+    """Upstream read size: big enough that a 20 KB pod is one read, small enough to flush promptly."""
+    not_ready_retry_after_seconds: int = 1
+    """Retry-After on the fail-closed 503: membership usually syncs within a second of start-up."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceWatchSettings:
+    timeout_seconds: int = 300
+    """Server-side watch timeout; the API server caps watches at 30-60 min anyway, 5 min keeps them fresh."""
+    inactivity_seconds: float = 70.0
+    """Bookmarks come about every 60 s (kopf uses the same 70 s bound for the same reason); silence past
+    this means the connection is dead even if TCP has not noticed."""
+    backoff_initial_seconds: float = 0.8
+    """client-go's reflector starts its backoff at 800 ms."""
+    backoff_max_seconds: float = 30.0
+    """...and caps it at 30 s."""
+    short_watch_seconds: float = 1.0
+    """client-go's VeryShortWatchError: a watch that ends within 1 s with no events means trouble."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    selectors: SelectorSet = DEFAULT_MESH_SELECTORS
+    """Istio's two injection labels: istio-injection=enabled, or any istio.io/rev label."""
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    namespaces: NamespaceWatchSettings = field(default_factory=NamespaceWatchSettings)
+    log_level: str = "info"

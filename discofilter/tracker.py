@@ -1,0 +1,236 @@
+"""NamespaceTracker: keeps ``core.membership`` current by listing, then watching, namespaces.
+
+The watch contract is client-go's reflector (``tools/cache/reflector.go``):
+- LIST, remember its resourceVersion, then WATCH from it with ``allowWatchBookmarks=true`` and resume
+  from the last RV seen (events and bookmarks) whenever the watch ends.
+- A 410 (``Expired``/``Gone``, as an ERROR event or an HTTP status) means history is gone: relist with
+  ``resourceVersion=""``, a consistent read, since membership must never be served from a stale cache.
+- Failures back off exponentially with jitter (800 ms to 30 s, client-go's numbers); a watch that ends
+  within a second with no events counts as a failure (client-go's ``VeryShortWatchError``).
+- Silence beyond ``inactivity_seconds`` (bookmarks come every ~60 s) ends the watch and resumes it.
+
+I/O goes through ``NamespaceSource`` so tests can drive the tracker with a fake; the real source is
+kubernetes-asyncio with discofilter's own credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, cast
+
+import aiohttp
+import orjson
+from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api
+
+from discofilter.core.framing import LineFramer
+from discofilter.core.membership import Membership
+from discofilter.errors import DiscofilterError, StreamFramingError, UpstreamError
+from discofilter.settings import NamespaceWatchSettings
+
+log = logging.getLogger("discofilter.tracker")
+
+RawDict = dict[str, Any]
+
+
+class ExpiredError(UpstreamError):
+    """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
+
+
+class NamespaceSource(Protocol):
+    async def list(self) -> tuple[list[RawDict], str]:
+        """A consistent LIST of every namespace: (items, list resourceVersion)."""
+        ...
+
+    def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:
+        """WATCH namespaces from ``resource_version`` with bookmarks: yields (type, object)."""
+        ...
+
+
+class KubernetesNamespaceSource:
+    """The real source: kubernetes-asyncio's CoreV1Api with discofilter's own configuration.
+
+    Bodies are read raw (``_preload_content=False``) and framed with the core LineFramer: the objects
+    are only needed as dicts, and model deserialization would cost more than the whole filter.
+    """
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._api = CoreV1Api(api_client)
+
+    async def list(self) -> tuple[list[RawDict], str]:
+        try:
+            resp = cast(
+                aiohttp.ClientResponse,
+                await self._api.list_namespace(resource_version="", _preload_content=False),
+            )
+        except ApiException as exc:
+            raise _api_error(exc) from exc
+        async with resp:
+            body = await resp.read()
+        doc = orjson.loads(body)
+        return list(doc.get("items") or []), str(doc.get("metadata", {}).get("resourceVersion", ""))
+
+    async def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:
+        try:
+            resp = cast(
+                aiohttp.ClientResponse,
+                await self._api.list_namespace(
+                    watch=True,
+                    allow_watch_bookmarks=True,
+                    resource_version=resource_version,
+                    timeout_seconds=timeout_seconds,
+                    _preload_content=False,
+                ),
+            )
+        except ApiException as exc:
+            raise _api_error(exc) from exc
+        framer = LineFramer()
+        async with resp:
+            async for chunk in resp.content.iter_any():
+                for line in framer.feed(chunk):
+                    event = orjson.loads(line)
+                    yield str(event.get("type")), event.get("object") or {}
+            framer.feed_eof()
+
+
+def _api_error(exc: ApiException) -> UpstreamError:
+    cls = ExpiredError if exc.status == 410 else UpstreamError
+    return cls(f"namespace list/watch failed: {exc.status} {exc.reason}", status=exc.status)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, as client-go's wait.Backoff with Jitter=1.0."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+        self._rng = rng or random.Random()
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def next(self) -> float:
+        delay = self._next * (1.0 + self._rng.random())
+        self._next = min(self._next * 2.0, self.maximum)
+        return min(delay, self.maximum)
+
+
+class NamespaceTracker:
+    """Drives ``Membership`` from a ``NamespaceSource``. ``ready`` is set after the first LIST."""
+
+    def __init__(
+        self,
+        membership: Membership,
+        source: NamespaceSource,
+        settings: NamespaceWatchSettings,
+        on_change: Callable[[frozenset[str]], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.membership = membership
+        self.source = source
+        self.settings = settings
+        self.on_change = on_change
+        self.ready = asyncio.Event()
+        self.clock = clock
+        self.backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds)
+        self.last_contact: float | None = None
+        """Monotonic time of the last successful LIST, event or bookmark."""
+        self.watch_open = False
+        self.relists = 0
+        self.reconnects = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready.is_set() and self.watch_open
+
+    def _changed(self, changed: frozenset[str]) -> None:
+        if changed:
+            log.info(
+                "mesh membership changed: %s (now %d of %d namespaces, generation %d)",
+                ", ".join(sorted(changed)),
+                len(self.membership),
+                self.membership.known,
+                self.membership.generation,
+            )
+            self.on_change(changed)
+
+    async def relist(self) -> str:
+        items, rv = await self.source.list()
+        self.relists += 1
+        first = not self.ready.is_set()
+        self._changed(self.membership.replace(items, rv))
+        self.last_contact = self.clock()
+        if first:
+            log.info(
+                "namespace membership synced: %d of %d namespaces match %s (rv %s)",
+                len(self.membership),
+                self.membership.known,
+                self.membership.selectors,
+                rv,
+            )
+        self.ready.set()
+        return rv
+
+    async def watch_once(self, rv: str) -> str | None:
+        """One WATCH from ``rv``. Returns the RV to resume from, or None to relist."""
+        started = self.clock()
+        got_any = False
+        inactivity = self.settings.inactivity_seconds
+        stream = self.source.watch(rv, self.settings.timeout_seconds)
+        self.watch_open = True
+        try:
+            while True:
+                try:
+                    etype, obj = await asyncio.wait_for(anext(stream), inactivity)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    log.warning("namespace watch silent for %.0f s; reconnecting from rv %s", inactivity, rv)
+                    return rv
+                got_any = True
+                self.last_contact = self.clock()
+                if etype == "ERROR":
+                    if obj.get("code") == 410:
+                        log.info("namespace watch expired at rv %s (%s); relisting", rv, obj.get("message"))
+                        return None
+                    raise UpstreamError(
+                        f"namespace watch ERROR event: {obj.get('message')}", status=obj.get("code")
+                    )
+                meta = obj.get("metadata") or {}
+                new_rv = meta.get("resourceVersion")
+                if etype != "BOOKMARK":
+                    try:
+                        self._changed(self.membership.apply(etype, obj))
+                    except ValueError as exc:
+                        raise StreamFramingError(f"malformed namespace event: {exc}") from exc
+                if isinstance(new_rv, str) and new_rv:
+                    rv = new_rv
+        finally:
+            self.watch_open = False
+            await stream.aclose()  # type: ignore[attr-defined]
+        if not got_any and self.clock() - started < self.settings.short_watch_seconds:
+            raise UpstreamError("namespace watch lasted less than a second and no items received")
+        return rv
+
+    async def run(self) -> None:
+        """Run forever: list, watch, resume, relist on 410, back off on failures."""
+        rv: str | None = None
+        while True:
+            try:
+                if rv is None:
+                    rv = await self.relist()
+                rv = await self.watch_once(rv)
+                self.backoff.reset()
+            except ExpiredError:
+                rv = None
+            except (DiscofilterError, aiohttp.ClientError, OSError, ValueError) as exc:
+                # ValueError covers orjson.JSONDecodeError of a corrupt body.
+                self.reconnects += 1
+                delay = self.backoff.next()
+                log.warning("namespace list/watch failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)

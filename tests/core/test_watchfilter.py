@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import orjson
+import pytest
+
+from discofilter.core.watchfilter import WatchFilter, classify_fast, classify_slow, event_resource_version
+from discofilter.errors import ObjectTooLargeError, StreamFramingError
+from tests import fixtures
+from tests.helpers import feed_every_split, fixture_names, manifest_entry
+
+FILTERED_PATHS = (
+    "/api/v1/pods",
+    "/api/v1/services",
+    "/api/v1/endpoints",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+)
+WATCHES = [
+    n
+    for n in fixture_names(kind=("watch", "watchlist"))
+    if manifest_entry(n)["request"]["path"] in FILTERED_PATHS  # type: ignore[index]
+]
+MESH = frozenset(fixtures.manifest()["mesh_namespaces"])
+
+
+def run(data: bytes, members: frozenset[str], fast: bool = True) -> list[bytes]:
+    return feed_every_split(data, lambda: WatchFilter(members, use_fast_path=fast).feed)
+
+
+def test_filtered_watch_captures_exist() -> None:
+    assert len(WATCHES) >= 10
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "slow"])
+@pytest.mark.parametrize("name", WATCHES)
+def test_keeps_exactly_the_mesh_events_and_every_bookmark(name: str, fast: bool) -> None:
+    data = fixtures.body(name)
+    kept = run(data, MESH, fast)
+    # Expected counts come from the capture's manifest, not from the code under test.
+    by_ns: dict[str, dict[str, int]] = manifest_entry(name)["watch"]["by_namespace"]  # type: ignore[index]
+    expected: Counter[tuple[str, str]] = Counter()
+    for ns, types in by_ns.items():
+        if ns == "" or ns in MESH:
+            for t, n in types.items():
+                expected[(ns, t)] += n
+    got: Counter[tuple[str, str]] = Counter()
+    for line in kept:
+        ev = orjson.loads(line)
+        got[(ev["object"]["metadata"].get("namespace", ""), ev["type"])] += 1
+    assert got == expected
+    # Kept lines are the original bytes, in the original order: a sub-sequence of the input lines.
+    lines = data.splitlines(keepends=True)
+    it = iter(lines)
+    assert all(any(k == line for line in it) for k in kept)
+
+
+@pytest.mark.parametrize("name", WATCHES)
+def test_fast_path_agrees_with_slow_path_on_every_real_event(name: str) -> None:
+    decided_fast = 0
+    for line in fixtures.body(name).splitlines(keepends=True):
+        fast = classify_fast(line)
+        slow = classify_slow(line)
+        if fast is not None:
+            decided_fast += 1
+            assert fast == slow
+    assert decided_fast == len(fixtures.body(name).splitlines())  # real events all take the fast path
+
+
+def test_empty_membership_keeps_only_bookmarks_and_errors() -> None:
+    kept = run(fixtures.body("watch-pods.json"), frozenset())
+    assert [orjson.loads(k)["type"] for k in kept] == ["BOOKMARK"] * 3
+    kept = run(fixtures.body("watch-pods-410.json"), frozenset())
+    assert [orjson.loads(k)["object"]["code"] for k in kept] == [410]
+
+
+def test_initial_events_end_bookmark_passes() -> None:
+    kept = run(fixtures.body("watchlist-pods.json"), frozenset({"mesh-a"}))
+    last = orjson.loads(kept[-1])
+    assert last["type"] == "BOOKMARK"
+    assert last["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def _event(meta: bytes, etype: bytes = b"ADDED") -> bytes:
+    return (
+        b'{"type":"'
+        + etype
+        + b'","object":{"kind":"Pod","apiVersion":"v1","metadata":'
+        + meta
+        + b',"spec":{}}}\n'
+    )
+
+
+TRICKY = [
+    # a "namespace" key inside labels must never be taken for the object's namespace
+    (_event(b'{"name":"a","labels":{"namespace":"mesh-a"},"namespace":"plain"}'), "plain"),
+    (_event(b'{"labels":{"namespace":"mesh-a"},"name":"a","namespace":"plain"}'), "plain"),
+    (_event(b'{"name":"a\\"namespace\\":\\"mesh-a","namespace":"plain"}'), "plain"),
+    (
+        _event(b'{"name":"' + b"n" * 253 + b'","generateName":"' + b"g" * 253 + b'","namespace":"mesh-a"}'),
+        "mesh-a",
+    ),
+    (_event(b'{"namespace":"mesh-a","name":"x"}'), "mesh-a"),
+    (_event(b'{"name":"x","namespace":"mesh\\u002da"}'), "mesh-a"),
+    (_event(b'{"name":"x"}'), ""),
+    (b'{"object":{"metadata":{"namespace":"mesh-a"}},"type":"MODIFIED"}\n', "mesh-a"),
+    (b'{ "type" : "DELETED" , "object" : { "metadata" : { "namespace" : "plain" } } }\n', "plain"),
+]
+
+
+@pytest.mark.parametrize(("line", "ns"), TRICKY)
+def test_tricky_layouts(line: bytes, ns: str) -> None:
+    assert classify_slow(line)[1] == ns
+    fast = classify_fast(line)
+    assert fast is None or fast[1] == ns
+    for use_fast in (True, False):
+        kept = WatchFilter({"mesh-a"}, use_fast_path=use_fast).feed(line)
+        assert kept == ([line] if ns == "mesh-a" else [])
+
+
+def test_table_events_are_filtered_by_row() -> None:
+    def row(ns: str) -> dict[str, object]:
+        return {
+            "cells": [ns],
+            "object": {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"name": "p", "namespace": ns},
+            },
+        }
+
+    def table(*nss: str) -> bytes:
+        obj = {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": "9"},
+            "rows": [row(n) for n in nss],
+        }
+        return orjson.dumps({"type": "ADDED", "object": obj}) + b"\n"
+
+    wf = WatchFilter({"mesh-a"})
+    assert wf.feed(table("mesh-a")) == [table("mesh-a")]
+    assert wf.feed(table("plain")) == []
+    assert wf.feed(table("mesh-a", "plain")) == [table("mesh-a")]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json\n",
+        b"[1,2]\n",
+        b'{"type":"WHAT","object":{}}\n',
+        b'{"type":"ADDED"}\n',
+        b'{"type":"ADDED","object":{"kind":"Pod"}}\n',
+    ],
+)
+def test_malformed_lines_raise_framing_errors(line: bytes) -> None:
+    with pytest.raises(StreamFramingError):
+        WatchFilter({"mesh-a"}).feed(line)
+
+
+def test_oversized_event_is_refused() -> None:
+    wf = WatchFilter({"mesh-a"}, max_line_bytes=1000)
+    with pytest.raises(ObjectTooLargeError):
+        wf.feed(_event(b'{"name":"' + b"x" * 2000 + b'","namespace":"mesh-a"}'))
+
+
+def test_counters_and_resume_point() -> None:
+    data = fixtures.body("watch-pods.json")
+    wf = WatchFilter(MESH)
+    wf.feed(data)
+    assert wf.events_in == 29
+    assert wf.events_kept + wf.events_dropped == 29
+    assert wf.bytes_in == len(data)
+    assert wf.last_kept is not None
+    assert event_resource_version(wf.last_kept) == "549"

@@ -1,0 +1,109 @@
+"""Starting discofilter in-process for tests, exactly as ``discofilter serve`` wires it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from discofilter.app import Runtime, build_health_app, build_proxy_app, build_runtime, tracker_running
+from discofilter.runner import check_server_settings
+from discofilter.settings import ServerSettings, Settings, UpstreamSettings
+from discofilter.tracker import NamespaceSource
+from discofilter.upstream import load_upstream
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    *,
+    token: str | None = None,
+    token_file: str | None = None,
+    ca_file: str | None = None,
+    client_cert: tuple[str, str] | None = None,
+) -> Path:
+    user: dict[str, str] = {}
+    if token:
+        user["token"] = token
+    if token_file:
+        user["tokenFile"] = token_file
+    if client_cert:
+        user["client-certificate"], user["client-key"] = client_cert
+    cluster: dict[str, str] = {"server": server}
+    if ca_file:
+        cluster["certificate-authority"] = ca_file
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "ctx",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Running:
+    url: str
+    health_url: str
+    runtime: Runtime
+
+
+@contextlib.asynccontextmanager
+async def running_discofilter(
+    kubeconfig: Path,
+    *,
+    settings: Settings | None = None,
+    source: NamespaceSource | None = None,
+    server_ssl: ssl.SSLContext | None = None,
+    wait_ready: bool = True,
+) -> AsyncIterator[Running]:
+    settings = settings or Settings()
+    server = replace(settings.server, host="127.0.0.1", port=free_port())
+    settings = replace(
+        settings, server=server, upstream=replace(settings.upstream, kubeconfig=str(kubeconfig))
+    )
+    check_server_settings(settings.server)
+    upstream = await load_upstream(settings.upstream)
+    runtime, close = await build_runtime(settings, upstream, source=source)
+    runner = web.AppRunner(build_proxy_app(runtime), handler_cancellation=True, access_log=None)
+    health = web.AppRunner(build_health_app(runtime), access_log=None)
+    await runner.setup()
+    await health.setup()
+    hport = free_port()
+    try:
+        async with tracker_running(runtime):
+            await web.TCPSite(runner, "127.0.0.1", server.port, ssl_context=server_ssl).start()
+            await web.TCPSite(health, "127.0.0.1", hport).start()
+            if wait_ready:
+                await runtime.tracker.ready.wait()
+            scheme = "https" if server_ssl else "http"
+            yield Running(f"{scheme}://127.0.0.1:{server.port}", f"http://127.0.0.1:{hport}", runtime)
+    finally:
+        await runner.cleanup()
+        await health.cleanup()
+        await close()
+
+
+__all__ = [
+    "Running",
+    "ServerSettings",
+    "Settings",
+    "UpstreamSettings",
+    "running_discofilter",
+    "write_kubeconfig",
+]
