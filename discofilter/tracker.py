@@ -224,13 +224,24 @@ class NamespaceTracker:
             try:
                 if rv is None:
                     rv = await self.relist()
-                rv = await self.watch_once(rv)
+                    listed_rv = rv
+                    rv = await self.watch_once(rv)
+                    if rv is None or rv == listed_rv:
+                        # Expired (or silent) straight after a fresh LIST: the API server is not
+                        # keeping up. Back off rather than relisting in a tight loop.
+                        await self._sleep_backoff("namespace watch expired right after a relist")
+                        continue
+                else:
+                    rv = await self.watch_once(rv)
                 self.backoff.reset()
             except ExpiredError:
                 rv = None
             except (DiscofilterError, aiohttp.ClientError, OSError, ValueError) as exc:
                 # ValueError covers orjson.JSONDecodeError of a corrupt body.
                 self.reconnects += 1
-                delay = self.backoff.next()
-                log.warning("namespace list/watch failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                await self._sleep_backoff(f"namespace list/watch failed ({exc})")
+
+    async def _sleep_backoff(self, why: str) -> None:
+        delay = self.backoff.next()
+        log.warning("%s; retrying in %.1f s", why, delay)
+        await asyncio.sleep(delay)

@@ -63,6 +63,11 @@ class FakeNamespaceSource:
                 ("ERROR", {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"})
             )
 
+    @property
+    def open_watches(self) -> int:
+        """Watches that are streaming now (a generator body runs only once it is first awaited)."""
+        return len(self._queues)
+
     def end_watches(self) -> None:
         for q in self._queues:
             q.put_nowait(None)
@@ -71,6 +76,8 @@ class FakeNamespaceSource:
         self.lists += 1
         if self.fail_next:
             raise self.fail_next.pop(0)
+        # A consistent LIST answers at the current revision, never one that is already compacted.
+        self.rv = max(self.rv, self.oldest_rv)
         return list(self.items.values()), str(self.rv)
 
     async def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:

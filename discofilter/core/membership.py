@@ -90,8 +90,10 @@ class Membership:
         self._labels = labels
         changed = self._recompute(rv)
         if not self.synced:
+            # The first sync establishes the set; nothing a client could hold flipped.
             self.synced = True
             self.synced_rv = rv
+            return frozenset()
         return changed
 
     def apply(self, event_type: str, obj: Mapping[str, object]) -> frozenset[str]:
