@@ -76,7 +76,8 @@ def test_bad_input_stops_with_one_line(
     kc = tmp_path / "kc"
     kc.write_text(
         "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
-        "users: [{name: u, user: {}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
+        "users: [{name: u, user: {}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
     )
     proc = run("serve", *[str(kc) if a == "KC" else a for a in args], env=env)
     assert proc.returncode == 2
