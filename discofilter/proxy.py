@@ -51,6 +51,18 @@ _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _NOTHING: frozenset[str] = frozenset()
 
 
+def end_upstream(resp: aiohttp.ClientResponse) -> None:
+    """End a relay loop from outside: its pending read returns EOF at once, and the connection goes.
+
+    Whole events already forwarded stay forwarded; a partial one in the framer is never sent.
+    (Closing the response alone does not wake a read already waiting on its StreamReader.)
+    """
+    # Close first: an EOF fed while the connection is still attached would hand the connection,
+    # mid-stream, back to the pool for the next request to trip over.
+    resp.close()
+    resp.content.feed_eof()
+
+
 @dataclass(eq=False, slots=True)
 class OpenWatch:
     resource: str
@@ -75,9 +87,7 @@ class WatchRegistry:
             w.expired = True
             self.expired_total += 1
             if w.upstream is not None:
-                # Closing the upstream ends the relay loop at the next read; whole events already
-                # forwarded stay forwarded, a partial one in the framer is never sent.
-                w.upstream.close()
+                end_upstream(w.upstream)
 
 
 class Proxy:
@@ -275,9 +285,10 @@ class Proxy:
         out = web.StreamResponse(status=200)
         out.content_type = "application/json"
         out.headers["Cache-Control"] = "no-cache, private"
-        await out.prepare(request)
-        await out.write(error_event(410, "Expired", message))
-        await out.write_eof()
+        with contextlib.suppress(ConnectionError):  # the client may already be gone
+            await out.prepare(request)
+            await out.write(error_event(410, "Expired", message))
+            await out.write_eof()
         return out
 
     async def _watch(self, request: web.Request, raw: str, route: Route) -> web.StreamResponse:

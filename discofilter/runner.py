@@ -19,6 +19,7 @@ from aiohttp import web
 
 from discofilter.app import build_health_app, build_proxy_app, build_runtime, tracker_running
 from discofilter.errors import ConfigError
+from discofilter.proxy import end_upstream
 from discofilter.settings import ServerSettings, Settings
 from discofilter.upstream import load_upstream
 
@@ -100,7 +101,7 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
             log.info("shutting down: ending %d open watches", len(runtime.proxy.registry.watches))
             for w in list(runtime.proxy.registry.watches):
                 if w.upstream is not None:
-                    w.upstream.close()
+                    end_upstream(w.upstream)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proxy_runner.shutdown(), settings.server.shutdown_grace_seconds)
     finally:

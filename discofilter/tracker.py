@@ -186,7 +186,11 @@ class NamespaceTracker:
         try:
             while True:
                 try:
-                    etype, obj = await asyncio.wait_for(anext(stream), inactivity)
+                    # asyncio.timeout, not wait_for: no inner task, so a cancellation of the tracker
+                    # reaches the stream directly and cannot be swallowed (wait_for in 3.11 loses a
+                    # cancel when the inner read fails at the same moment).
+                    async with asyncio.timeout(inactivity):
+                        etype, obj = await anext(stream)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -238,6 +242,9 @@ class NamespaceTracker:
                 rv = None
             except (DiscofilterError, aiohttp.ClientError, OSError, ValueError) as exc:
                 # ValueError covers orjson.JSONDecodeError of a corrupt body.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # a cancelled read surfaced as an I/O error
                 self.reconnects += 1
                 await self._sleep_backoff(f"namespace list/watch failed ({exc})")
 

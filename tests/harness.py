@@ -80,7 +80,9 @@ async def running_discofilter(
     check_server_settings(settings.server)
     upstream = await load_upstream(settings.upstream)
     runtime, close = await build_runtime(settings, upstream, source=source)
-    runner = web.AppRunner(build_proxy_app(runtime), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        build_proxy_app(runtime), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+    )
     health = web.AppRunner(build_health_app(runtime), access_log=None)
     await runner.setup()
     await health.setup()

@@ -49,7 +49,7 @@ class TLSUpstream:
         self.ca.configure_trust(ctx)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
         await site.start()
@@ -127,13 +127,13 @@ async def test_loopback_lending_uses_discofilters_cert_only_for_requests_without
             ca_file=str(ca_file),
             client_cert=(str(tmp_path / "own.crt"), str(tmp_path / "own.key")),
         )
-        async with running_discofilter(kc, settings=settings, source=namespaces()) as df:
-            async with aiohttp.ClientSession() as s:
-                async with s.get(df.url + "/api/v1/namespaces") as r:
-                    assert r.status == 200
-                async with s.get(
-                    df.url + "/api/v1/namespaces", headers={"Authorization": "Bearer mine"}
-                ) as r:
-                    assert r.status == 200
+        async with (
+            running_discofilter(kc, settings=settings, source=namespaces()) as df,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.get(df.url + "/api/v1/namespaces") as r:
+                assert r.status == 200
+            async with s.get(df.url + "/api/v1/namespaces", headers={"Authorization": "Bearer mine"}) as r:
+                assert r.status == 200
     assert upstream.seen[0][1:] == (None, "discofilter-sa")
     assert upstream.seen[1][1:] == ("Bearer mine", None)

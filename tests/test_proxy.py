@@ -34,7 +34,7 @@ def namespace_source() -> FakeNamespaceSource:
 
 @contextlib.asynccontextmanager
 async def replay_server(replay: Replay) -> AsyncIterator[str]:
-    runner = web.AppRunner(replay.app())
+    runner = web.AppRunner(replay.app(), shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
