@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (default info) [env DISCOFILTER_LOG_LEVEL]",
     )
+    from discofilter.bench.cli import add_bench_parser  # noqa: PLC0415 - argparse wiring only
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -124,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from discofilter.runner import run
 
             run(settings, health_host=hhost, health_port=hport)
+        elif args.command == "bench":
+            from discofilter.bench.cli import run_bench  # noqa: PLC0415
+
+            return run_bench(args)
     except DiscofilterError as exc:
         print(f"discofilter: error: {exc.message}", file=sys.stderr)
         return 2
