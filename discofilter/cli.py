@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (default info) [env DISCOFILTER_LOG_LEVEL]",
     )
-    from discofilter.bench.cli import add_bench_parser  # noqa: PLC0415 - argparse wiring only
+    from discofilter.bench.cli import add_bench_parser  # late: only argparse wiring
 
     add_bench_parser(sub)
     return parser
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run(settings, health_host=hhost, health_port=hport)
         elif args.command == "bench":
-            from discofilter.bench.cli import run_bench  # noqa: PLC0415
+            from discofilter.bench.cli import run_bench
 
             return run_bench(args)
     except DiscofilterError as exc:
