@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from discofilter import __version__
 from discofilter.core.selectors import SelectorSet, parse_selector
 from discofilter.errors import DiscofilterError
-from discofilter.settings import ServerSettings, Settings, UpstreamSettings
+from discofilter.settings import ServerSettings, Settings, UpstreamSettings, WatchSettings
 
 ENV_PREFIX = "DISCOFILTER_"
 
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "refused unless --listen is a loopback address [env DISCOFILTER_UPSTREAM_CREDENTIALS=true]",
     )
     s.add_argument(
+        "--wire-format",
+        default=_env("WIRE_FORMAT") or "native",
+        choices=["native", "json"],
+        help="filtered reads keep the client's wire format, protobuf included (native, default), or are "
+        "forced to JSON (json) [env DISCOFILTER_WIRE_FORMAT]",
+    )
+    s.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL") or "info",
         choices=["debug", "info", "warning", "error"],
@@ -108,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
             upstream_credentials=args.upstream_credentials,
         ),
         upstream=UpstreamSettings(kubeconfig=args.kubeconfig, context=args.context),
+        watch=WatchSettings(wire_format=args.wire_format),
         log_level=args.log_level,
     )
     return settings, health

@@ -10,6 +10,8 @@ from typing import Final
 
 import orjson
 
+from discofilter.core.protobuf import MAGIC, encode_tag, encode_varint, len_field_header
+
 # RFC 9110 7.6.1 hop-by-hop headers, plus Proxy-Connection that old clients still send.
 HOP_BY_HOP: Final = frozenset(
     {
@@ -92,3 +94,72 @@ def media_params(accept: str | None) -> Iterable[dict[str, str]]:
 
 def is_json_content_type(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+# -- protobuf ------------------------------------------------------------------------------------------
+
+PROTOBUF: Final = "application/vnd.kubernetes.protobuf"
+PROTOBUF_WATCH: Final = PROTOBUF + ";stream=watch"
+
+
+def base_media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_protobuf_content_type(content_type: str | None) -> bool:
+    return base_media_type(content_type) == PROTOBUF
+
+
+def native_accept(accept: str | None) -> str:
+    """Accept for a filtered read in the native wire format: protobuf and JSON ranges kept as the
+    client ordered them (istiod sends ``protobuf,json`` since Istio 1.18), anything else dropped,
+    since only those two can be filtered."""
+    parts = [p.strip() for p in (accept or "").split(",") if p.strip()]
+    kept: list[str] = []
+    for media in parts:
+        base = base_media_type(media)
+        if base in (PROTOBUF, "application/json"):
+            kept.append(media)
+        elif base in _JSON_TYPES and "application/json" not in kept:
+            kept.append("application/json")
+    if accept and kept == parts:
+        return accept  # nothing to drop: the client's header goes on byte for byte
+    return ", ".join(kept) if kept else "application/json"
+
+
+def prefers_protobuf(accept: str | None) -> bool:
+    """Whether the first media range the client listed is protobuf."""
+    first = (accept or "").split(",", 1)[0]
+    return base_media_type(first) == PROTOBUF
+
+
+def _pb_str(number: int, value: str) -> bytes:
+    data = value.encode()
+    return len_field_header(number, len(data)) + data
+
+
+def _pb_msg(number: int, payload: bytes) -> bytes:
+    return len_field_header(number, len(payload)) + payload
+
+
+def proto_status(code: int, reason: str, message: str) -> bytes:
+    """A ``metav1.Status`` failure in the protobuf envelope (``k8s\\0`` + runtime.Unknown), laid out
+    field for field as the API server writes it (watch-pods-410.pb)."""
+    list_meta = _pb_str(1, "") + _pb_str(2, "") + _pb_str(3, "")
+    status = (
+        _pb_msg(1, list_meta)
+        + _pb_str(2, "Failure")
+        + _pb_str(3, message)
+        + _pb_str(4, reason)
+        + encode_tag(6, 0)
+        + encode_varint(code)
+    )
+    type_meta = _pb_str(1, "v1") + _pb_str(2, "Status")
+    unknown = _pb_msg(1, type_meta) + _pb_msg(2, status) + _pb_str(3, "") + _pb_str(4, "")
+    return MAGIC + unknown
+
+
+def proto_error_event(code: int, reason: str, message: str) -> bytes:
+    """A protobuf watch frame carrying an ERROR event: 4-byte big-endian length, then a WatchEvent."""
+    event = _pb_str(1, "ERROR") + _pb_msg(2, _pb_msg(1, proto_status(code, reason, message)))
+    return len(event).to_bytes(4, "big") + event

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,8 @@ from yarl import URL
 from discofilter.core.ledger import ResumeLedger
 from discofilter.core.listfilter import filter_list
 from discofilter.core.membership import Membership
+from discofilter.core.protolist import filter_proto_list
+from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
 from discofilter.core.routing import Route, RouteKind, classify
 from discofilter.core.watchfilter import WatchFilter, event_resource_version
 from discofilter.errors import (
@@ -37,7 +40,18 @@ from discofilter.errors import (
     StreamFramingError,
     UpstreamError,
 )
-from discofilter.kubeapi import error_event, hop_by_hop, is_json_content_type, json_accept, media_params
+from discofilter.kubeapi import (
+    PROTOBUF_WATCH,
+    error_event,
+    hop_by_hop,
+    is_json_content_type,
+    is_protobuf_content_type,
+    json_accept,
+    media_params,
+    native_accept,
+    prefers_protobuf,
+    proto_error_event,
+)
 from discofilter.settings import Settings
 from discofilter.upstream import Upstream
 
@@ -213,6 +227,10 @@ class Proxy:
             return _NOTHING
         return self.membership
 
+    def _accept(self, request: web.Request) -> str:
+        accept = request.headers.get("Accept")
+        return native_accept(accept) if self.settings.watch.wire_format == "native" else json_accept(accept)
+
     def _check_table_request(self, request: web.Request) -> None:
         wants_table = any(p.get("as") == "Table" for p in media_params(request.headers.get("Accept")))
         if wants_table and request.query.get("includeObject") == "None":
@@ -222,9 +240,7 @@ class Proxy:
 
     async def _list(self, request: web.Request, raw: str, route: Route) -> web.StreamResponse:
         self._check_table_request(request)
-        resp = await self._open(
-            request, raw, accept=json_accept(request.headers.get("Accept")), decompress=True
-        )
+        resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
         try:
             limit = self.settings.watch.max_list_bytes
             if resp.content_length is not None and resp.content_length > limit:
@@ -246,12 +262,15 @@ class Proxy:
         if resp.status != 200:
             out.body = body  # an error Status: there are no objects to filter
             return out
-        if not is_json_content_type(resp.headers.get("Content-Type")):
-            raise StreamFramingError(
-                f"API server answered a filtered LIST with {resp.headers.get('Content-Type')!r}, not JSON"
-            )
+        ctype = resp.headers.get("Content-Type")
+        if is_json_content_type(ctype):
+            filter_body = filter_list
+        elif is_protobuf_content_type(ctype):
+            filter_body = filter_proto_list
+        else:
+            raise StreamFramingError(f"API server answered a filtered LIST with {ctype!r}: cannot filter it")
         generation = self.membership.generation
-        result = filter_list(body, self._members_for(route))
+        result = filter_body(body, self._members_for(route))
         if result.resource_version is not None:
             self.ledger.record_page(
                 route.resource or "",
@@ -282,12 +301,18 @@ class Proxy:
         return rv if stale else None
 
     async def _expired_answer(self, request: web.Request, message: str) -> web.StreamResponse:
+        """Answer as the API server does a too-old resourceVersion: 200, then one 410 ERROR event, in
+        the encoding the API server would have chosen for this client."""
+        protobuf = self.settings.watch.wire_format == "native" and prefers_protobuf(
+            request.headers.get("Accept")
+        )
         out = web.StreamResponse(status=200)
-        out.content_type = "application/json"
+        out.headers["Content-Type"] = PROTOBUF_WATCH if protobuf else "application/json"
         out.headers["Cache-Control"] = "no-cache, private"
+        event = proto_error_event if protobuf else error_event
         with contextlib.suppress(ConnectionError):  # the client may already be gone
             await out.prepare(request)
-            await out.write(error_event(410, "Expired", message))
+            await out.write(event(410, "Expired", message))
             await out.write_eof()
         return out
 
@@ -308,32 +333,46 @@ class Proxy:
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
     ) -> web.StreamResponse:
-        resp = await self._open(
-            request, raw, accept=json_accept(request.headers.get("Accept")), decompress=True
-        )
+        resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
         watch.upstream = resp
         try:
             if resp.status != 200:
                 error = web.Response(status=resp.status, reason=resp.reason, body=await resp.read())
                 self._copy_headers(resp, error, rewritten=True)
                 return error
-            if not is_json_content_type(resp.headers.get("Content-Type")):
-                ctype = resp.headers.get("Content-Type")
-                raise StreamFramingError(f"API server answered a filtered WATCH with {ctype!r}, not JSON")
+            ctype = resp.headers.get("Content-Type")
+            members = self._members_for(route)
+            limit = self.settings.watch.max_event_bytes
+            wf: StreamFilter
+            event: Callable[[int, str, str], bytes]
+            rv_of: Callable[[bytes], str | None]
+            if is_json_content_type(ctype):
+                wf, event, rv_of = (
+                    WatchFilter(members, max_line_bytes=limit),
+                    error_event,
+                    event_resource_version,
+                )
+            elif is_protobuf_content_type(ctype):
+                wf, event, rv_of = (
+                    ProtoWatchFilter(members, max_frame_bytes=limit),
+                    proto_error_event,
+                    frame_resource_version,
+                )
+            else:
+                raise StreamFramingError(
+                    f"API server answered a filtered WATCH with {ctype!r}: cannot filter it"
+                )
             out = web.StreamResponse(status=200, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
-            wf = WatchFilter(self._members_for(route), max_line_bytes=self.settings.watch.max_event_bytes)
             ended_by = await self._pump(resp, out, wf, watch)
             if watch.expired:
-                await out.write(
-                    error_event(410, "Expired", "mesh membership changed during this watch; relist")
-                )
+                await out.write(event(410, "Expired", "mesh membership changed during this watch; relist"))
             elif ended_by is not None:
                 log.warning("watch %s ended: %s", request.path, ended_by)
-                await out.write(error_event(500, "InternalError", f"discofilter: {ended_by}"))
+                await out.write(event(500, "InternalError", f"discofilter: {ended_by}"))
             elif wf.last_kept is not None:
-                rv = event_resource_version(wf.last_kept)
+                rv = rv_of(wf.last_kept)
                 if rv is not None:
                     self.ledger.record(watch.resource, rv, watch.generation)
             with contextlib.suppress(ConnectionError):
@@ -343,7 +382,7 @@ class Proxy:
             resp.close()
 
     async def _pump(
-        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wf: WatchFilter, watch: OpenWatch
+        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wf: StreamFilter, watch: OpenWatch
     ) -> str | None:
         """Relay until upstream EOF. Returns why the stream had to be ended early, or None."""
         try:
@@ -366,6 +405,16 @@ class Proxy:
             if not watch.expired:
                 log.info("upstream watch connection ended: %s", exc)
         return None
+
+
+class StreamFilter(Protocol):
+    """What the relay needs of a watch filter: the JSON line filter and the protobuf frame filter."""
+
+    last_kept: bytes | None
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+    def feed_eof(self) -> None: ...
 
 
 class _Abort(Exception):

@@ -15,10 +15,13 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from discofilter.settings import ServerSettings, Settings
+from discofilter.kubeapi import proto_error_event
+from discofilter.settings import ServerSettings, Settings, WatchSettings
 from tests import fixtures
+from tests.core.test_protobuf import ref_bytes, ref_decode, ref_event, ref_meta, ref_str, ref_unknown
 from tests.fakes import FakeNamespaceSource
 from tests.harness import Running, running_discofilter, write_kubeconfig
+from tests.helpers import manifest_entry
 from tests.replay import Replay
 
 MESH = frozenset(fixtures.manifest()["mesh_namespaces"])
@@ -73,8 +76,9 @@ async def get(url: str, *, raw: bool = False, **kw: object) -> tuple[int, dict[s
         return r.status, dict(r.headers), body
 
 
-async def test_list_keeps_only_mesh_pods_and_forces_json(tmp_path: Path) -> None:
-    async with stack(tmp_path, {"/api/v1/pods": "list-pods.json"}) as (df, replay, _):
+async def test_list_keeps_only_mesh_pods_and_forces_json_when_asked(tmp_path: Path) -> None:
+    settings = replace(Settings(), watch=WatchSettings(wire_format="json"))
+    async with stack(tmp_path, {"/api/v1/pods": "list-pods.json"}, settings=settings) as (df, replay, _):
         status, headers, body = await get(
             df.url + "/api/v1/pods?limit=500",
             headers={"Accept": "application/vnd.kubernetes.protobuf,application/json"},
@@ -116,10 +120,7 @@ async def test_table_list_is_filtered_by_row(tmp_path: Path) -> None:
     assert status == 200
     rows = orjson.loads(body)["rows"]
     assert {r["object"]["metadata"]["namespace"] for r in rows} == MESH
-    assert (
-        replay.requests[-1].headers["Accept"]
-        == "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
-    )
+    assert replay.requests[-1].headers["Accept"] == accept  # JSON ranges only: forwarded as sent
 
 
 async def test_watch_forwards_exactly_the_mesh_event_bytes(tmp_path: Path) -> None:
@@ -370,3 +371,87 @@ def test_upstream_credentials_refused_off_loopback() -> None:
     with pytest.raises(ConfigError):
         check_server_settings(ServerSettings(upstream_credentials=True, tls_cert_file="c", tls_key_file="k"))
     check_server_settings(ServerSettings(host="::1", upstream_credentials=True))
+
+
+# -- protobuf, natively -------------------------------------------------------------------------------
+
+ISTIOD_ACCEPT = "application/vnd.kubernetes.protobuf,application/json"
+
+
+def pb_frames(body: bytes) -> list[bytes]:
+    frames, pos = [], 0
+    while pos < len(body):
+        n = int.from_bytes(body[pos : pos + 4], "big")
+        frames.append(body[pos : pos + 4 + n])
+        pos += 4 + n
+    assert pos == len(body)
+    return frames
+
+
+async def test_protobuf_list_is_filtered_natively(tmp_path: Path) -> None:
+    async with stack(tmp_path, {"/api/v1/pods": "list-pods.pb"}) as (df, replay, _):
+        status, headers, body = await get(df.url + "/api/v1/pods", headers={"Accept": ISTIOD_ACCEPT})
+    assert status == 200
+    assert headers["Content-Type"] == "application/vnd.kubernetes.protobuf"
+    assert replay.requests[-1].headers["Accept"] == ISTIOD_ACCEPT  # istiod's preference reached the server
+    _, type_meta, lst = ref_unknown(body)
+    assert ref_str(type_meta, 2) == "PodList"
+    items = [ref_decode(raw) for raw in lst[2] if isinstance(raw, bytes)]
+    assert sorted(ref_str(ref_meta(i), 3) for i in items) == sorted(["mesh-a", "mesh-b", "mesh-rev"] * 3)
+
+
+async def test_protobuf_watch_forwards_the_mesh_frames_untouched(tmp_path: Path) -> None:
+    async with stack(tmp_path, {"/api/v1/pods": "watch-pods.pb"}) as (df, _, _):
+        status, headers, body = await get(df.url + "/api/v1/pods?watch=1", headers={"Accept": ISTIOD_ACCEPT})
+    assert status == 200
+    assert headers["Content-Type"] == "application/vnd.kubernetes.protobuf;stream=watch"
+    events = [ref_event(f) for f in pb_frames(body)]
+    # The same decision as the JSON capture of the same events: by the manifest's counts.
+    by_ns = manifest_entry("watch-pods.pb")["watch"]["by_namespace"]  # type: ignore[index]
+    assert len(events) == sum(sum(t.values()) for ns, t in by_ns.items() if ns in MESH or ns == "")
+    assert {ns for _, _, ns, _, _ in events} == {"mesh-a", "mesh-b", "mesh-rev", ""}
+    original = fixtures.body("watch-pods.pb")
+    assert all(f in original for f in pb_frames(body))
+
+
+async def test_protobuf_client_resuming_after_a_change_gets_a_protobuf_410(tmp_path: Path) -> None:
+    async with stack(tmp_path, {"/api/v1/pods": "watch-pods.pb"}) as (df, replay, _):
+        _, headers, body = await get(
+            df.url + "/api/v1/pods?watch=1&resourceVersion=400", headers={"Accept": ISTIOD_ACCEPT}
+        )
+    assert headers["Content-Type"] == "application/vnd.kubernetes.protobuf;stream=watch"
+    assert ref_event(body)[0] == "ERROR" and ref_event(body)[4] == "410"
+    assert body == proto_error_event(410, "Expired", ref_event_message(body))
+    assert replay.requests == []
+
+
+def ref_event_message(frame: bytes) -> str:
+    raw = ref_bytes(ref_decode(ref_bytes(ref_decode(frame[4:]), 2)), 1)
+    _, _, status = ref_unknown(raw)
+    return ref_str(status, 3)
+
+
+async def test_membership_change_ends_a_protobuf_watch_with_a_protobuf_410(tmp_path: Path) -> None:
+    hold = asyncio.Event()
+    async with stack(tmp_path, {"/api/v1/pods": "watch-pods.pb"}, hold_open=hold) as (df, _, src):
+        headers = {"Accept": ISTIOD_ACCEPT}
+        async with aiohttp.ClientSession() as s, s.get(df.url + "/api/v1/pods?watch=1", headers=headers) as r:
+            got = b""
+            while len(pb_frames_partial(got)) < 15:
+                got += await asyncio.wait_for(r.content.readany(), 5)
+            src.modify("plain-1", **{"istio-injection": "enabled"})
+            got += await asyncio.wait_for(r.content.read(), 5)
+        hold.set()
+    last = pb_frames(got)[-1]
+    assert ref_event(last)[0] == "ERROR" and ref_event(last)[4] == "410"
+
+
+def pb_frames_partial(body: bytes) -> list[bytes]:
+    frames, pos = [], 0
+    while pos + 4 <= len(body):
+        n = int.from_bytes(body[pos : pos + 4], "big")
+        if pos + 4 + n > len(body):
+            break
+        frames.append(body[pos : pos + 4 + n])
+        pos += 4 + n
+    return frames
