@@ -59,7 +59,10 @@ def run_copy(reads: list[bytes], mesh: frozenset[str]) -> int:
     return n
 
 
-def _best(fn: Callable[[list[bytes], frozenset[str]], int], reads: list[bytes], mesh: frozenset[str]) -> float:
+Runner = Callable[[list[bytes], frozenset[str]], int]
+
+
+def _best(fn: Runner, reads: list[bytes], mesh: frozenset[str]) -> float:
     best = float("inf")
     for _ in range(7):
         t0 = time.perf_counter()
