@@ -120,6 +120,8 @@ class Proxy:
         self.membership = membership
         self.registry = WatchRegistry()
         self.ledger = ResumeLedger()
+        self.malformed_streams = 0
+        """Filtered answers ended because the upstream bytes could not be parsed (never forwarded)."""
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -369,6 +371,7 @@ class Proxy:
             if watch.expired:
                 await out.write(event(410, "Expired", "mesh membership changed during this watch; relist"))
             elif ended_by is not None:
+                self.malformed_streams += 1
                 log.warning("watch %s ended: %s", request.path, ended_by)
                 await out.write(event(500, "InternalError", f"discofilter: {ended_by}"))
             elif wf.last_kept is not None:

@@ -301,3 +301,19 @@ async def test_official_kubernetes_client_lists_through_discofilter(tmp_path: Pa
                 api.close()
 
         assert await asyncio.to_thread(list_pods) == {"mesh-a", "mesh-b", "mesh-rev"}
+
+
+async def test_istiod_accept_against_a_server_that_answers_json(tmp_path: Path) -> None:
+    """istiod prefers protobuf; for types a server only serves as JSON (simapi, like CRDs on a real
+    one), the JSON answer is filtered and goes back as JSON, which client-go decodes by Content-Type."""
+    async with environment(tmp_path) as env:
+        headers = {
+            "Authorization": f"Bearer {ADMIN}",
+            "Accept": "application/vnd.kubernetes.protobuf,application/json",
+        }
+        async with aiohttp.ClientSession() as s, s.get(env.df.url + "/api/v1/services", headers=headers) as r:
+            assert r.headers["Content-Type"] == "application/json"
+            doc = await r.json()
+        assert {i["metadata"]["namespace"] for i in doc["items"]} == {"mesh-a", "mesh-b", "mesh-rev"}
+        seen = [x for x in env.sim_app[REQUEST_LOG] if x.path == "/api/v1/services"]
+        assert seen[-1].header("Accept") == headers["Accept"]

@@ -318,6 +318,7 @@ async def test_malformed_upstream_stream_ends_with_an_error_event(tmp_path: Path
     async with stack(tmp_path, {"/api/v1/pods": "list-pods.json"}) as (df, _, _):
         # A LIST body where a watch stream is expected: not one well-formed event.
         status, _, body = await get(df.url + "/api/v1/pods?watch=1")
+        assert df.runtime.proxy.malformed_streams == 1
     assert status == 200
     ev = orjson.loads(body.splitlines()[-1])
     assert ev["type"] == "ERROR" and ev["object"]["code"] == 500
