@@ -170,18 +170,22 @@ class Proxy:
         *,
         accept: str | None = None,
         decompress: bool = False,
-        body: bytes | None = None,
+        stream_body: bool = False,
     ) -> aiohttp.ClientResponse:
         headers, ssl_ctx = await self._headers(request, accept=accept)
-        if body is not None:
-            headers["Content-Length"] = str(len(body))
+        body: aiohttp.StreamReader | None = None
+        if stream_body and request.body_exists:
+            # Streamed through, never buffered: write bodies up to the API server's 3 MiB and beyond.
+            body = request.content
+            if request.content_length is not None:
+                headers["Content-Length"] = str(request.content_length)
         url = URL(self.upstream.base_url + raw, encoded=True)
         try:
             return await self.session.request(
                 request.method,
                 url,
                 headers=headers,
-                data=body if body else None,
+                data=body,
                 ssl=ssl_ctx,
                 allow_redirects=False,
                 auto_decompress=decompress,
@@ -203,8 +207,7 @@ class Proxy:
     # -- pass-through -------------------------------------------------------------------------------
 
     async def _passthrough(self, request: web.Request, raw: str) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else None
-        resp = await self._open(request, raw, body=body)
+        resp = await self._open(request, raw, stream_body=True)
         try:
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import ssl
 import subprocess
@@ -21,6 +22,7 @@ import aiohttp
 import orjson
 import pytest
 import trustme
+import yaml
 from kubernetes_asyncio import client as aclient
 from kubernetes_asyncio import config as aconfig
 
@@ -317,3 +319,81 @@ async def test_istiod_accept_against_a_server_that_answers_json(tmp_path: Path) 
         assert {i["metadata"]["namespace"] for i in doc["items"]} == {"mesh-a", "mesh-b", "mesh-rev"}
         seen = [x for x in env.sim_app[REQUEST_LOG] if x.path == "/api/v1/services"]
         assert seen[-1].header("Accept") == headers["Accept"]
+
+
+async def test_large_objects_pass_writes_lists_and_watches(tmp_path: Path) -> None:
+    mib = 1024 * 1024
+    async with environment(tmp_path) as env:
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        big = pod("big", "mesh-a")
+        big["metadata"]["annotations"] = {"blob": "x" * (5 * mib // 2)}  # under the API server's 3 MiB
+        async with aiohttp.ClientSession() as s:
+            async with s.get(env.df.url + "/api/v1/pods?limit=1", headers=headers) as r:
+                rv = (await r.json())["metadata"]["resourceVersion"]
+            # Written through discofilter: a 2.5 MiB body streamed through the pass-through path.
+            body = io.BytesIO(orjson.dumps(big))
+            post_headers = {**headers, "Content-Type": "application/json"}
+            async with s.post(
+                env.df.url + "/api/v1/namespaces/mesh-a/pods", data=body, headers=post_headers
+            ) as r:
+                assert r.status == 201, await r.text()
+            # Bigger than any request may be, as an object grown by status writes and managedFields can be.
+            huge = pod("huge", "mesh-b")
+            huge["metadata"]["annotations"] = {"blob": "y" * (4 * mib)}
+            env.store.create("pods", huge)
+            url = env.df.url + f"/api/v1/pods?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+            async with s.get(url, headers=headers) as r:
+                events = [orjson.loads(line) for line in (await r.read()).splitlines()]
+            async with s.get(env.df.url + "/api/v1/pods", headers=headers) as r:
+                items = (await r.json())["items"]
+        sizes = {
+            e["object"]["metadata"]["name"]: len(e["object"]["metadata"]["annotations"]["blob"])
+            for e in events
+        }
+        assert sizes == {"big": 5 * mib // 2, "huge": 4 * mib}
+        listed = {i["metadata"]["name"] for i in items if "blob" in i["metadata"].get("annotations", {})}
+        assert listed == {"big", "huge"}
+
+
+async def test_exec_plugin_credentials_for_discofilters_own_watch(tmp_path: Path) -> None:
+    """kubeconfig exec plugins (EKS, GKE, OIDC helpers) run through kubernetes-asyncio's own loader."""
+    from aiohttp import web
+
+    store = seeded()
+    app = build_app(store, SimSettings(tokens={"from-exec-plugin": "discofilter"}))
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    plugin = tmp_path / "plugin.sh"
+    plugin.write_text(
+        '#!/bin/sh\necho \'{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+        '"status":{"token":"from-exec-plugin"}}\'\n'
+    )
+    plugin.chmod(0o755)
+    kc = tmp_path / "kc"
+    exec_user = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": str(plugin),
+        "interactiveMode": "Never",
+    }
+    kc.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"exec": exec_user}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    try:
+        async with running_discofilter(kc) as df:
+            assert df.runtime.membership.members == {"mesh-a", "mesh-b", "mesh-rev"}
+        ns_reads = [r for r in app[REQUEST_LOG] if r.path == "/api/v1/namespaces"]
+        assert ns_reads and all(r.header("Authorization") == "Bearer from-exec-plugin" for r in ns_reads)
+    finally:
+        await runner.cleanup()
