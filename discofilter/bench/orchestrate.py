@@ -1,0 +1,339 @@
+"""The benchmark run: starts every process, runs the phases, gathers raw measurements.
+
+Processes (each its own, so CPU and memory are charged to the right one): the simulated API server and
+its replay pump (``simproc``), the watch clients (``client``), and the proxies under test: ``passthrough``
+and ``naive`` (``proxies``) and ``discofilter serve`` itself.
+
+Phases, in one run so every variant sees the same machine:
+
+1. core: the stream filter alone, in this process, before anything else runs (``core.py``);
+2. saturation: the simulated API server writes a stream of churn events, records its own watch answers
+   and serves them from the pump. Proxies start with the pump as their API server, twice for the filters:
+   with the mesh selector, and (``-all``) with one every namespace matches, where every event is kept.
+   Each trial replays the stream through every variant in turn (rotated order); the client only finds
+   each event's type and resourceVersion, so what saturates is the proxy or aiohttp's receive path, never
+   a decoder. Then one more replay per variant with the istiod decode model, for the client's CPU.
+3. latency: proxies start again with simapi itself as their API server. For each proxy, informers LIST
+   and WATCH through it, and others directly beside them (each client its own process), while simapi
+   churns at a fixed rate, with namespace label flips in the second half; each event's latency is its
+   arrival time minus its commit time, and the proxy's added latency is compared event by event.
+
+Nothing here interprets the numbers; ``results.py`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from discofilter.bench.core import build_corpora, core_results
+from discofilter.bench.procs import (
+    BenchError,
+    JsonObj,
+    Proc,
+    Worker,
+    start_discofilter,
+    write_kubeconfig,
+)
+from discofilter.bench.settings import BenchSettings
+
+MAIN: Final = ("direct", "passthrough", "naive", "discofilter")
+ALL_KEPT: Final = ("naive-all", "discofilter-all")
+STEADY_SHARE: Final = 0.5
+"""The first half of each latency run has no membership change (steady state); flips come after."""
+RECEIVE_PATH: Final = "receive-path"
+"""The client reading the pump directly and dropping the bytes: aiohttp's receive path, the ceiling of
+any aiohttp client or proxy on this machine."""
+EVERY_NAMESPACE: Final = "kubernetes.io/metadata.name"
+"""A selector every namespace matches: the API server labels each with its name (since 1.21)."""
+
+
+class Progress:
+    """One line per step on stderr, with the time since the start."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[bench {time.monotonic() - self.t0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """One replay of the stream through one variant."""
+
+    variant: str
+    decode: str
+    loops: int
+    wall_s: float
+    client_events: int
+    client_bytes: int
+    client_cpu_s: float
+    decode_s: float
+    proxy_cpu_s: float | None
+    sim_cpu_s: float
+
+
+@dataclass(slots=True)
+class Raw:
+    """Everything measured, for ``results.py``."""
+
+    setup: JsonObj = field(default_factory=dict)
+    stream: JsonObj = field(default_factory=dict)
+    core: dict[str, JsonObj] = field(default_factory=dict)
+    trials: list[Trial] = field(default_factory=list)
+    decode_trials: list[Trial] = field(default_factory=list)
+    live: dict[str, JsonObj] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    stream_rss_mb: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+async def _start_bench_proxy(
+    name: str, kind: str, upstream: str, logs: Path, selectors: Sequence[str]
+) -> tuple[Proc, str]:
+    args = [kind, "--upstream", upstream]
+    for sel in selectors:
+        args += ["--selector", sel]
+    proc = Proc(name, [sys.executable, "-m", "discofilter.bench.proxies", *args], logs)
+    await proc.start(with_pipes=True)
+    assert proc.proc is not None and proc.proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.proc.stdout.readline(), 60)
+    except TimeoutError as exc:
+        await proc.stop()
+        raise BenchError(f"{name} did not start; log: {proc.log_tail()}") from exc
+    if not line:
+        raise BenchError(f"{name} exited at start; log: {proc.log_tail()}")
+    # The proxy keeps reading its stdin and stops when it closes: stop() closes it, no command needed.
+    return proc, f"http://127.0.0.1:{int(orjson.loads(line)['port'])}"
+
+
+@dataclass(slots=True)
+class Fleet:
+    """The proxies of one phase, and every variant's URL (``direct`` is the API server itself)."""
+
+    proxies: dict[str, Proc] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def proxies_for(
+    upstream: str, out: Path, names: Sequence[str], phase: str, progress: Progress
+) -> AsyncIterator[Fleet]:
+    """Start the named variants' proxies in front of ``upstream``; stop them all on the way out."""
+    logs = out / "logs"
+    kubeconfig = write_kubeconfig(out / f"{phase}.kubeconfig", upstream)
+    starters = {
+        "passthrough": lambda: _start_bench_proxy(f"{phase}-passthrough", "passthrough", upstream, logs, ()),
+        "naive": lambda: _start_bench_proxy(f"{phase}-naive", "naive", upstream, logs, ()),
+        "naive-all": lambda: _start_bench_proxy(
+            f"{phase}-naive-all", "naive", upstream, logs, (EVERY_NAMESPACE,)
+        ),
+        "discofilter": lambda: start_discofilter(f"{phase}-discofilter", kubeconfig, logs),
+        "discofilter-all": lambda: start_discofilter(
+            f"{phase}-discofilter-all", kubeconfig, logs, selectors=(EVERY_NAMESPACE,)
+        ),
+    }
+    progress(f"{phase}: starting {', '.join(names)} in front of {upstream}")
+    f = Fleet(urls={"direct": upstream})
+    try:
+        started = await asyncio.gather(*(starters[n]() for n in names), return_exceptions=True)
+        failure: BaseException | None = None
+        for name, result in zip(names, started, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            else:
+                f.proxies[name], f.urls[name] = result
+        if failure is not None:
+            raise failure
+        yield f
+    finally:
+        await asyncio.gather(*(p.stop() for p in f.proxies.values()), return_exceptions=True)
+
+
+def _rotated(items: Sequence[str], by: int) -> list[str]:
+    k = by % len(items)
+    return [*items[k:], *items[:k]]
+
+
+class Bench:
+    def __init__(self, settings: BenchSettings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.raw = Raw()
+        logs = settings.run.out / "logs"
+        self.sim = Worker("simapi", "discofilter.bench.simproc", logs)
+        self.client = Worker("client", "discofilter.bench.client", logs)
+
+    async def run(self) -> Raw:
+        t0 = time.monotonic()
+        run, w = self.settings.run, self.settings.workload
+        self.progress(f"core micro-benchmark (filter vs orjson parse vs copy, {run.core_seconds:g} s each)")
+        self.raw.core = core_results(run.core_seconds, build_corpora(run.core_events))
+        try:
+            await self.sim.start()
+            await self.client.start()
+            self.progress(
+                f"simulated API server: {w.namespaces} namespaces ({w.mesh_namespaces} in the mesh), "
+                f"{w.namespaces * w.apps_per_namespace * w.pods_per_app} pods"
+            )
+            window = max(run.events, 5_000) + 1_000
+            self.raw.setup = await self.sim.call(
+                "setup", workload=dataclasses.asdict(w), history_window=window
+            )
+            self.progress(f"writing the saturation stream: {run.events} churn events")
+            self.raw.stream = await self.sim.call("prefill", events=run.events)
+            stream = self.raw.stream
+            pump = await self.sim.call("record", start_rv=stream["start_rv"], markers=stream["markers"])
+            stream["recorded_bytes"] = pump["bytes"]
+            out = run.out
+            async with proxies_for(
+                str(pump["url"]), out, (*MAIN[1:], *ALL_KEPT), "saturation", self.progress
+            ) as f:
+                await self._saturation(f)
+                await self._decode_pass(f)
+                self.raw.stream_rss_mb = {n: p.peak_rss_mb() for n, p in f.proxies.items()}
+            async with proxies_for(str(self.raw.setup["url"]), out, MAIN[1:], "latency", self.progress) as f:
+                await self._latency(f)
+                self.raw.peak_rss_mb = {n: p.peak_rss_mb() for n, p in f.proxies.items()}
+            self.raw.peak_rss_mb |= {"simapi": self.sim.peak_rss_mb(), "client": self.client.peak_rss_mb()}
+        finally:
+            await asyncio.gather(self.sim.stop(), self.client.stop(), return_exceptions=True)
+        self.raw.elapsed_s = time.monotonic() - t0
+        return self.raw
+
+    async def _replay(self, f: Fleet, variant: str, decode: str, loops: int = 1) -> Trial:
+        proxy = f.proxies.get(variant)
+        p0 = proxy.cpu_seconds() if proxy else 0.0
+        s0 = self.sim.cpu_seconds()
+        stream = self.raw.stream
+        r = await self.client.call(
+            "replay",
+            timeout=_REPLAY_TIMEOUT,
+            url=f.urls["direct" if variant == RECEIVE_PATH else variant],
+            start_rv=stream["start_rv"],
+            markers=stream["markers"],
+            decode="drain" if variant == RECEIVE_PATH else decode,
+            loops=loops,
+            expect_bytes=stream["recorded_bytes"],
+        )
+        return Trial(
+            variant=variant,
+            decode=decode,
+            loops=loops,
+            wall_s=float(r["wall_s"]),
+            client_events=int(r["events"]),
+            client_bytes=int(r["bytes"]),
+            client_cpu_s=float(r["cpu_s"]),
+            decode_s=float(r["decode_s"]),
+            proxy_cpu_s=proxy.cpu_seconds() - p0 if proxy else None,
+            sim_cpu_s=self.sim.cpu_seconds() - s0,
+        )
+
+    async def _saturation(self, f: Fleet) -> None:
+        variants = (*MAIN, *ALL_KEPT, RECEIVE_PATH)
+        trials, loops = self.settings.run.trials, self.settings.run.loops
+        self.progress("saturation: one warm-up replay per variant")
+        for v in variants:
+            await self._replay(f, v, "none")
+        events = sum(c["events"] for c in self.raw.stream["counts"].values()) * loops
+        self.progress(f"saturation: {trials} trials, the stream played {loops} times per replay")
+        for t in range(trials):
+            for v in _rotated(variants, t):
+                trial = await self._replay(f, v, "none", loops)
+                self.raw.trials.append(trial)
+                self.progress(
+                    f"saturation {t + 1}/{trials} {v:16s} {events / trial.wall_s:8.0f} events/s "
+                    f"{trial.client_events:7d} received"
+                )
+
+    async def _decode_pass(self, f: Fleet) -> None:
+        decode = self.settings.run.decode
+        self.progress(f"client cost: one replay per variant, every received event decoded ({decode})")
+        for v in MAIN:
+            trial = await self._replay(f, v, decode)
+            self.raw.decode_trials.append(trial)
+            self.progress(f"client cost {v:16s} client CPU {trial.client_cpu_s:6.2f} s")
+
+    async def _latency(self, f: Fleet) -> None:
+        """One live run per proxy, each beside a direct client (both in their own processes): every event
+        reaches both, so the proxy's added latency is taken event by event, while the machine carries one
+        proxy at a time, as a deployment would."""
+        run = self.settings.run
+        self.progress(
+            f"latency: {run.rate:g} events/s for {run.latency_seconds:g} s per proxy, beside a direct client "
+            f"(flips from {run.latency_seconds * STEADY_SHARE:g} s on, every {run.flip_every:g} s)"
+        )
+        for v in MAIN[1:]:
+            self.raw.live[v] = await self._live_pair(f, v)
+
+    async def _live_pair(self, f: Fleet, variant: str) -> JsonObj:
+        run = self.settings.run
+        logs = run.out / "logs"
+        names = ("direct", variant)
+        clients = {
+            n: Worker(f"latency-{variant}-client-{n}", "discofilter.bench.client", logs) for n in names
+        }
+        proxy = f.proxies[variant]
+        samples: list[tuple[float, float]] = []
+        try:
+            await asyncio.gather(*(c.start() for c in clients.values()))
+            starts = await asyncio.gather(
+                *(c.call("live_start", timeout=_LIVE_TIMEOUT, url=f.urls[n]) for n, c in clients.items())
+            )
+            done = asyncio.Event()
+            sampler = asyncio.create_task(_sample_cpu(proxy, samples, done))
+            try:
+                live = await self.sim.call(
+                    "live",
+                    timeout=run.latency_seconds + _LIVE_TIMEOUT,
+                    rate=run.rate,
+                    seconds=run.latency_seconds,
+                    flip_every=run.flip_every,
+                    flip_after=run.latency_seconds * STEADY_SHARE,
+                )
+                gots = await asyncio.gather(
+                    *(
+                        c.call("live_stop", timeout=_LIVE_TIMEOUT, markers=live["markers"], wait_s=60)
+                        for c in clients.values()
+                    )
+                )
+            finally:
+                done.set()
+                await sampler
+        finally:
+            await asyncio.gather(*(c.stop() for c in clients.values()), return_exceptions=True)
+        (d_start, v_start), (d_got, v_got) = starts, gots
+        self.progress(
+            f"latency {variant:12s} {live['achieved_rate']:5.0f} events/s written; received: direct "
+            f"{d_got['events']}, {variant} {v_got['events']} ({v_got['expired']} watches expired)"
+        )
+        return {
+            "sim": live,
+            "direct": {"start": d_start, "client": d_got, "proxy_cpu_samples": []},
+            "variant": {"start": v_start, "client": v_got, "proxy_cpu_samples": samples},
+        }
+
+
+async def _sample_cpu(proxy: Proc, samples: list[tuple[float, float]], done: asyncio.Event) -> None:
+    """(time.time(), proxy CPU seconds) every 50 ms, so the steady part of a run can be told apart."""
+    while True:
+        samples.append((time.time(), proxy.cpu_seconds()))
+        if done.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.05)
+
+
+_REPLAY_TIMEOUT: Final = 900.0
+_LIVE_TIMEOUT: Final = 300.0

@@ -1,0 +1,255 @@
+"""The benchmark's processes: JSON-lines workers, the real ``discofilter serve``, and their CPU and memory.
+
+Each part of the benchmark runs in its own process so that psutil can charge CPU time and memory to the
+right one: the simulated API server, each proxy under test, the watch clients. A worker speaks one JSON
+object per line: the orchestrator writes ``{"cmd": ..., ...}`` to its stdin and reads one reply line from
+its stdout; a reply with ``"error"`` becomes a ``BenchError``. Workers log to stderr, which goes to a file
+under ``OUT/logs`` so a failure can be read afterwards.
+
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+import aiohttp
+import orjson
+import psutil
+
+from discofilter.errors import DiscofilterError
+
+JsonObj = dict[str, Any]
+Handler = Callable[[JsonObj], Awaitable[JsonObj]]
+
+# Replies carry per-event tables (resourceVersion, time) of whole latency runs: tens of MB at most.
+_LINE_LIMIT: Final = 1 << 28
+_STOP_GRACE_SECONDS: Final = 10.0
+
+
+class BenchError(DiscofilterError):
+    """The benchmark could not run: a process failed to start, died, or answered with an error."""
+
+
+# --- the worker side ------------------------------------------------------------------------------------
+
+
+async def serve_commands(handlers: Mapping[str, Handler]) -> None:
+    """Answer commands from stdin until ``quit`` or EOF (the orchestrator went away)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout.buffer
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        msg: JsonObj = json.loads(line)
+        cmd = str(msg.pop("cmd", ""))
+        if cmd == "quit":
+            _reply(out, {"ok": True})
+            return
+        handler = handlers.get(cmd)
+        if handler is None:
+            _reply(out, {"error": f"unknown command {cmd!r}"})
+            continue
+        try:
+            result = await handler(msg)
+        except (BenchError, aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            result = {"error": f"{cmd}: {type(exc).__name__}: {exc}"}
+        _reply(out, result)
+
+
+def _reply(out: IO[bytes], obj: JsonObj) -> None:
+    out.write(orjson.dumps(obj) + b"\n")
+    out.flush()
+
+
+# --- the orchestrator side ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A free loopback port (bound and released: a tiny race, retried by the callers that start servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process with its log file and psutil handle; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ps: psutil.Process | None = None
+        self.rss_samples_mb: list[float] = []
+
+    async def start(self, *, with_pipes: bool = False) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE if with_pipes else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if with_pipes else asyncio.subprocess.DEVNULL,
+                stderr=log,
+                limit=_LINE_LIMIT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.returncode is not None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far."""
+        assert self.ps is not None
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def sample_rss(self) -> None:
+        assert self.ps is not None
+        with contextlib.suppress(psutil.Error):
+            self.rss_samples_mb.append(self.ps.memory_info().rss / 1e6)
+
+    def peak_rss_mb(self) -> float:
+        """The kernel's high-water mark (VmHWM) where there is one, else the largest sample."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+        except OSError:
+            pass
+        return max(self.rss_samples_mb, default=0.0)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()  # workers and the bench proxies stop when their stdin closes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 2.0)
+            if self.exited:
+                return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), _STOP_GRACE_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+class Worker(Proc):
+    """A ``python -m discofilter.bench.<module>`` child answering JSON-lines commands."""
+
+    def __init__(self, name: str, module: str, log_dir: Path, args: Sequence[str] = ()) -> None:
+        super().__init__(name, [sys.executable, "-m", module, *args], log_dir)
+        self._lock = asyncio.Lock()
+
+    async def start(self, *, with_pipes: bool = True) -> None:
+        await super().start(with_pipes=with_pipes)
+
+    async def call(self, cmd: str, timeout: float | None = None, **args: Any) -> JsonObj:
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        async with self._lock:
+            try:
+                proc.stdin.write(orjson.dumps({"cmd": cmd, **args}) + b"\n")
+                await proc.stdin.drain()
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            except (ConnectionError, TimeoutError) as exc:
+                raise BenchError(
+                    f"{self.name} did not answer {cmd!r}: {exc!r}; log: {self.log_tail()}"
+                ) from exc
+        if not line:
+            raise BenchError(f"{self.name} exited during {cmd!r}; log: {self.log_tail()}")
+        reply: JsonObj = orjson.loads(line)
+        if "error" in reply:
+            raise BenchError(f"{self.name}: {reply['error']}")
+        return reply
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig without credentials for the simulated API server (authentication is off there).
+    JSON is YAML, so no YAML library is needed."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "simapi", "cluster": {"server": server}}],
+        "users": [{"name": "bench", "user": {}}],
+        "contexts": [{"name": "simapi", "context": {"cluster": "simapi", "user": "bench"}}],
+        "current-context": "simapi",
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+async def start_discofilter(
+    name: str, kubeconfig: Path, log_dir: Path, *, selectors: Sequence[str] = (), extra: Sequence[str] = ()
+) -> tuple[Proc, str]:
+    """``python -m discofilter serve`` exactly as an operator runs it; returns it and its URL once ready."""
+    for _attempt in range(3):
+        port, health = free_port(), free_port()
+        argv = [
+            sys.executable, "-m", "discofilter", "serve", "--kubeconfig", str(kubeconfig),
+            "--listen", f"127.0.0.1:{port}", "--health-listen", f"127.0.0.1:{health}",
+            "--log-level", "warning",
+        ]  # fmt: skip
+        for sel in selectors:
+            argv += ["--namespace-selector", sel]
+        proc = Proc(name, [*argv, *extra], log_dir)
+        await proc.start()
+        if await _wait_ready(proc, f"http://127.0.0.1:{health}/readyz"):
+            return proc, f"http://127.0.0.1:{port}"
+        await proc.stop()
+    raise BenchError(f"{name} did not become ready; log: {proc.log_tail()}")
+
+
+async def _wait_ready(proc: Proc, url: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.proc is not None
+            if proc.proc.returncode is not None:
+                return False
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return True
+            await asyncio.sleep(0.1)
+    return False
+
+
+async def sample_rss(procs: Sequence[Proc], stop: asyncio.Event, every: float = 0.1) -> None:
+    """Sample each process's RSS until ``stop`` is set (a fallback where VmHWM is unavailable)."""
+    while not stop.is_set():
+        for p in procs:
+            p.sample_rss()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)

@@ -1,0 +1,211 @@
+"""The simulated API server process: simapi serving a ``Store`` that the churn generator writes to.
+
+``python -m discofilter.bench.simproc`` answers JSON-lines commands (see ``procs.py``):
+
+- ``setup``: build the initial cluster (namespaces, apps, Running pods) and serve it on 127.0.0.1.
+- ``prefill``: write N churn events as fast as possible, then the end markers.
+- ``record``: watch simapi from before those events and record its answers byte for byte; serve them
+  from the replay pump (``pump.py``) for the saturation runs: the same bytes for every variant, at a
+  rate simapi's Python could not produce.
+- ``live``: write churn at a fixed rate for some seconds, with namespace label flips, then the markers,
+  and return when each event was committed (``time.time()``, which every process on the host shares):
+  the start of each event's latency.
+
+The generator writes with ``Store.apply`` (objects stored verbatim with the resourceVersion the generator
+gave them). The Store's own create/patch paths cost 1.5-3 ms per 20 KB pod here (validation, defaulting,
+normalisation in Python), which would cap the churn far below a real API server's rate; ``apply`` costs
+~0.25 ms and everything after it (history, selectors, encoding, streaming) is simapi's real watch path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from discofilter.bench.client import PATHS, scan, watch_url
+from discofilter.bench.procs import BenchError, JsonObj, serve_commands
+from discofilter.bench.pump import Recording, frame_chunks, serve_pump
+from discofilter.bench.workload import WATCHED, Churn, WorkloadSettings, Write
+from discofilter.core.framing import LineFramer
+from discofilter.simapi import SimSettings, Store, serve
+
+log = logging.getLogger("discofilter.bench.simproc")
+
+
+class SimServer:
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.churn: Churn | None = None
+        self.runner: web.AppRunner | None = None
+        self.url: str | None = None
+        self.pump: asyncio.Server | None = None
+
+    def _parts(self) -> tuple[Store, Churn]:
+        if self.store is None or self.churn is None:
+            raise BenchError("setup first")
+        return self.store, self.churn
+
+    async def setup(self, msg: JsonObj) -> JsonObj:
+        workload = WorkloadSettings(**msg["workload"])
+        store = Store(history_window=int(msg["history_window"]), seed=workload.seed)
+        churn = Churn(workload, first_rv=store.resource_version + 1)
+        initial = churn.initial_state()
+        for resource in ("namespaces", *WATCHED):
+            items = initial[resource]
+            store.load_list(resource, {"metadata": {"resourceVersion": str(churn.rv)}, "items": items})
+        self.store, self.churn = store, churn
+        self.runner, url = await serve(store, SimSettings(), host="127.0.0.1", port=0)
+        self.url = url
+        log.info("simapi on %s: %s", url, {r: len(v) for r, v in initial.items()})
+        return {
+            "url": url,
+            "rv": churn.rv,
+            "objects": {r: len(v) for r, v in initial.items()},
+            "mesh_namespaces": sorted(n for n, m in churn.namespaces.items() if m),
+            "marker_namespace": churn.marker_namespace,
+        }
+
+    def _apply(self, write: Write) -> None:
+        store, _ = self._parts()
+        store.apply(write.resource, write.type, write.obj)
+
+    def _finish(self, start_rv: int) -> JsonObj:
+        _, churn = self._parts()
+        markers = churn.markers()
+        for write in markers.values():
+            self._apply(write)
+        return {
+            "start_rv": start_rv,
+            "end_rv": churn.rv,
+            "markers": {r: w.rv for r, w in markers.items()},
+            "counts": churn.log.counts(start_rv, churn.rv),
+        }
+
+    async def prefill(self, msg: JsonObj) -> JsonObj:
+        _, churn = self._parts()
+        start = churn.rv
+        t0 = time.perf_counter()
+        for i in range(int(msg["events"])):
+            self._apply(churn.step())
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # stay responsive (health of the event loop, open watches)
+        out = self._finish(start)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    async def record(self, msg: JsonObj) -> JsonObj:
+        """Record simapi's answers to the stream's watches and serve them from the replay pump."""
+        if self.url is None:
+            raise BenchError("setup first")
+        start, markers = int(msg["start_rv"]), msg["markers"]
+        streams: dict[str, bytes] = {}
+        sizes: dict[str, int] = {}
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        async with aiohttp.ClientSession(headers=headers, auto_decompress=False) as session:
+            for resource in WATCHED:
+                lines: list[bytes] = []
+                async with session.get(watch_url(self.url, resource, start)) as resp:
+                    framer = LineFramer()
+                    while not lines or scan(lines[-1])[1] < int(markers[resource]):
+                        chunk = await resp.content.readany()
+                        if not chunk:
+                            raise BenchError(f"recording {resource}: the watch ended before its marker")
+                        lines += framer.feed(chunk)
+                streams[PATHS[resource]] = frame_chunks(lines)
+                sizes[resource] = sum(len(x) for x in lines)
+            # The namespace list as of the stream's start: a client's resume point must not predate the
+            # membership a proxy syncs to (discofilter answers 410 otherwise, rightly).
+            exact = f"{self.url}/api/v1/namespaces?resourceVersion={start}&resourceVersionMatch=Exact"
+            async with session.get(exact) as resp:
+                namespace_list = await resp.read()
+                if resp.status != 200:
+                    raise BenchError(f"namespace list at {start}: HTTP {resp.status}")
+        self.pump, pump_url = await serve_pump(Recording(str(start), streams, namespace_list))
+        return {"url": pump_url, "bytes": sizes}
+
+    async def live(self, msg: JsonObj) -> JsonObj:
+        """Churn at ``rate`` events/s for ``seconds``; namespace label flips from ``flip_after`` s on."""
+        _, churn = self._parts()
+        rate, seconds = float(msg["rate"]), float(msg["seconds"])
+        flip_every = float(msg.get("flip_every") or 0.0)
+        flip_after = float(msg.get("flip_after") or 0.0)
+        start_rv = churn.rv
+        # Generate first (the generator's Python is not the API server's work), then write on schedule.
+        # Flips come after ``flip_after`` seconds, then every ``flip_every``: the events before the first
+        # one measure the steady state, those after it what a membership change costs.
+        count = max(1, round(rate * seconds))
+        first, every = round(flip_after * rate), round(flip_every * rate)
+        plan: list[tuple[Write, Write | None]] = []
+        for i in range(count):
+            due_flip = every > 0 and i >= first and (i - first) % every == 0
+            flip = churn.flip() if due_flip else None
+            plan.append((churn.step(), flip))
+        loop = asyncio.get_running_loop()
+        rvs: list[int] = []
+        times: list[float] = []
+        flips: list[list[Any]] = []
+        begin = due = loop.time()
+        interval = 1.0 / rate
+        for write, flip in plan:
+            if flip is not None:
+                flips.append([flip.rv, time.time(), flip.namespace, flip.mesh])
+                self._apply(flip)
+            t = time.time()
+            self._apply(write)
+            rvs.append(write.rv)
+            times.append(t)
+            due += interval
+            # One event, then let the watchers write it: events leave the server as they happen, and the
+            # commit time is taken right before. The loop's timers have millisecond resolution, so at
+            # 2,000 events/s events go out in pairs; a lagging server keeps going without sleeping.
+            await asyncio.sleep(max(0.0, due - loop.time()))
+        elapsed = loop.time() - begin
+        out = self._finish(start_rv)
+        out.update(commit_rv=rvs, commit_t=times, flips=flips, achieved_rate=len(rvs) / elapsed)
+        return out
+
+    async def state(self, msg: JsonObj) -> JsonObj:
+        store, churn = self._parts()
+        return {"rv": store.resource_version, "namespaces": churn.namespaces}
+
+    async def close(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The server keeps the run's history, 1-3 GB of Python objects. A full collection walks all of it and
+    # stalls the server for a second or more, which a Go API server never does; the history is acyclic
+    # (dicts of dicts), so reference counting frees what is freed and the cycle collector stays off.
+    gc.disable()
+    server = SimServer()
+    try:
+        await serve_commands(
+            {
+                "setup": server.setup,
+                "prefill": server.prefill,
+                "record": server.record,
+                "live": server.live,
+                "state": server.state,
+            }
+        )
+    finally:
+        await server.close()
+
+
+if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the orchestrator reports it, this process just ends.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(main())

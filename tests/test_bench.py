@@ -1,0 +1,213 @@
+"""``discofilter bench``, run for real: a subprocess, real processes, real sockets, no mocks.
+
+- ``--quick`` produces results.json with the four variants and sane numbers, valid PNG plots, and a
+  discofilter client that got exactly the events the churn generator logged in mesh namespaces.
+- The real-cluster mode, against the simulated API server served as if it were a cluster: it cleans up
+  after itself (also on SIGINT) and refuses a namespace it did not create.
+- Bad flags end in one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from discofilter.bench.procs import write_kubeconfig
+from discofilter.bench.results import REQUIRED_KEYS
+from discofilter.simapi import SimSettings, Store, serve
+
+VARIANTS = ("direct", "passthrough", "naive", "discofilter")
+PROXY_ONLY = ("proxy_cpu_us_per_event", "peak_rss_mb")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "discofilter", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench-out")
+    done = bench("--quick", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return out, results, done.stdout
+
+
+def test_quick_reports_every_variant_with_sane_values(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, r, stdout = quick
+    assert set(VARIANTS) <= set(r["variants"])
+    for name in VARIANTS:
+        v = r["variants"][name]
+        for key in REQUIRED_KEYS:
+            assert key in v, (name, key)
+            if name == "direct" and key in PROXY_ONLY:
+                assert v[key] is None  # no proxy, nothing to charge
+                continue
+            assert isinstance(v[key], int | float), (name, key, v[key])
+            assert v[key] >= 0, (name, key, v[key])
+        assert v["events_per_s"] > 0 and v["mb_per_s"] > 0
+        assert v["client_events"] > 0 and v["client_bytes"] > 0
+        assert 0 < v["latency_p50_ms"] <= v["latency_p99_ms"] <= v["latency_max_ms"]
+        assert v["latency_events"] > 0
+        if name != "direct":
+            assert v["proxy_cpu_us_per_event"] > 0 and 10 < v["peak_rss_mb"] < 2000
+    for key in ("cpu_model", "cores", "python"):
+        assert r["machine"][key]
+    assert r["workload"]["namespaces"] == 50 and r["workload"]["mesh_fraction"] == 0.1
+    assert "discofilter" in stdout and "NET" in stdout
+
+
+def test_discofilter_keeps_exactly_the_mesh_events_of_the_generators_log(
+    quick: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, r, _ = quick
+    stream, v = r["stream"], r["variants"]
+    # stream.events / mesh_events come from the churn generator's own log of what it wrote.
+    per_resource = stream["per_resource"]
+    assert stream["events"] == sum(c["events"] for c in per_resource.values())
+    assert stream["mesh_events"] == sum(c["mesh_events"] for c in per_resource.values())
+    assert 0 < stream["mesh_events"] < stream["events"]
+    assert v["direct"]["client_events"] == stream["events"]
+    assert v["passthrough"]["client_events"] == stream["events"]
+    assert v["discofilter"]["client_events"] == stream["mesh_events"]
+    assert v["naive"]["client_events"] == stream["mesh_events"]
+    assert v["discofilter"]["client_events"] < v["direct"]["client_events"]
+    assert v["discofilter"]["client_bytes"] < v["direct"]["client_bytes"]
+    assert r["all_kept"]["discofilter"]["client_events"] == stream["events"]
+    assert all(v[n]["client_events_consistent"] for n in VARIANTS)
+
+
+def test_plots_are_png_files(quick: tuple[Path, dict[str, Any], str]) -> None:
+    out, _, _ = quick
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} >= {"throughput.png", "cpu.png", "latency.png", "core.png"}
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC), png
+        assert data[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 100 and height > 100
+        assert data.endswith(b"IEND\xaeB`\x82"), png
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--mesh-fraction", "1.5"], "--mesh-fraction"),
+        (["--rate", "100", "--churn", "10"], "--churn"),
+        (["--cluster-namespace", "x"], "--kubeconfig"),
+        (["--kubeconfig", "/nonexistent/kubeconfig"], "kubeconfig"),
+        (["--trials", "0"], "--trials"),
+    ],
+)
+def test_bad_flags_end_in_one_line(tmp_path: Path, flags: list[str], problem: str) -> None:
+    done = bench("--out", str(tmp_path), *flags, timeout=30)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and problem in lines[0], done.stderr
+
+
+# --- real-cluster mode against the simulated API server ----------------------------------------------
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Store, Path]]:
+    store = Store(seed=3)
+    for ns in ("default", "kube-system", "someone-elses"):
+        store.create("namespaces", {"metadata": {"name": ns, "labels": {"team": "other"}}})
+    pod = {"metadata": {"name": "keep-me"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    store.create("pods", pod, namespace="someone-elses")
+    runner, url = await serve(store, SimSettings(bookmark_interval=0.5))
+    try:
+        yield store, write_kubeconfig(tmp_path / "cluster.kubeconfig", url)
+    finally:
+        await runner.cleanup()
+
+
+async def run_bench(*args: str, interrupt_when: Any = None, store: Store | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "discofilter", "bench", *args, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    if interrupt_when is not None:
+        async with asyncio.timeout(30):
+            while not interrupt_when():
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, (out + err).decode()
+
+
+def namespaces(store: Store) -> set[str]:
+    return {o["metadata"]["name"] for o in store.objects("namespaces")}
+
+
+async def test_cluster_mode_measures_and_removes_what_it_created(
+    cluster: tuple[Store, Path], tmp_path: Path
+) -> None:
+    store, kubeconfig = cluster
+    before = namespaces(store)
+    code, output = await run_bench(
+        "--kubeconfig", str(kubeconfig), "--out", str(tmp_path), "--cluster-seconds", "2",
+        "--cluster-namespace", "scratch", "--cluster-pods-per-s", "10", "--mesh-fraction", "0.3",
+    )  # fmt: skip
+    assert code == 0, output
+    assert namespaces(store) == before  # both scratch namespaces are gone
+    assert {o["metadata"]["namespace"] for o in store.objects("pods")} == {"someone-elses"}
+    r = json.loads((tmp_path / "cluster-results.json").read_text())
+    assert r["namespaces"] == ["scratch", "scratch-plain"] and r["cleanup_problems"] == []
+    assert r["direct"]["events"]["mesh"] > 0 and r["direct"]["events"]["plain"] > 0
+    assert r["discofilter"]["events"]["mesh"] == r["direct"]["events"]["mesh"]
+    assert r["discofilter"]["events"]["plain"] == 0 and r["discofilter"]["events"]["other"] == 0
+
+
+async def test_cluster_mode_cleans_up_on_ctrl_c(cluster: tuple[Store, Path], tmp_path: Path) -> None:
+    store, kubeconfig = cluster
+    before = namespaces(store)
+
+    def churning() -> bool:
+        return any(o["metadata"]["namespace"].startswith("ctrl-c") for o in store.objects("pods"))
+
+    code, output = await run_bench(
+        "--kubeconfig", str(kubeconfig), "--out", str(tmp_path), "--cluster-seconds", "120",
+        "--cluster-namespace", "ctrl-c", interrupt_when=churning,
+    )  # fmt: skip
+    assert code == 130, output
+    assert "Traceback" not in output
+    assert namespaces(store) == before
+    assert {o["metadata"]["namespace"] for o in store.objects("pods")} == {"someone-elses"}
+
+
+async def test_cluster_mode_refuses_a_namespace_it_did_not_create(
+    cluster: tuple[Store, Path], tmp_path: Path
+) -> None:
+    store, kubeconfig = cluster
+    original = store.get("namespaces", None, "someone-elses")
+    code, output = await run_bench(
+        "--kubeconfig", str(kubeconfig), "--out", str(tmp_path), "--cluster-seconds", "2",
+        "--cluster-namespace", "someone-elses",
+    )  # fmt: skip
+    assert code == 2, output
+    assert "already exists" in output and "Traceback" not in output
+    assert store.get("namespaces", None, "someone-elses") == original  # not relabelled, not deleted
+    assert [o["metadata"]["name"] for o in store.objects("pods", "someone-elses")] == ["keep-me"]
+    assert "someone-elses-plain" not in namespaces(store)
