@@ -65,17 +65,22 @@ def json_accept(accept: str | None) -> str:
     ``*/*`` becomes ``application/json``. client-go picks its decoder from the answer's Content-Type,
     so a protobuf-preferring istiod decodes the JSON answer fine (REFERENCE.md, "Content type").
     """
+    kept, _ = _keep_media(accept, frozenset({"application/json"}))
+    return ", ".join(kept) if kept else "application/json"
+
+
+def _keep_media(accept: str | None, bases: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(the media ranges of ``accept`` whose base type is in ``bases``, with wildcards turned into
+    ``application/json``; all its ranges), both in the client's order."""
+    parts = [p.strip() for p in (accept or "").split(",") if p.strip()]
     kept: list[str] = []
-    for part in (accept or "").split(","):
-        media = part.strip()
-        if not media:
-            continue
-        base = media.split(";", 1)[0].strip().lower()
-        if base == "application/json":
+    for media in parts:
+        base = base_media_type(media)
+        if base in bases:
             kept.append(media)
         elif base in _JSON_TYPES and "application/json" not in kept:
             kept.append("application/json")
-    return ", ".join(kept) if kept else "application/json"
+    return kept, parts
 
 
 def media_params(accept: str | None) -> Iterable[dict[str, str]]:
@@ -114,14 +119,7 @@ def native_accept(accept: str | None) -> str:
     """Accept for a filtered read in the native wire format: protobuf and JSON ranges kept as the
     client ordered them (istiod sends ``protobuf,json`` since Istio 1.18), anything else dropped,
     since only those two can be filtered."""
-    parts = [p.strip() for p in (accept or "").split(",") if p.strip()]
-    kept: list[str] = []
-    for media in parts:
-        base = base_media_type(media)
-        if base in (PROTOBUF, "application/json"):
-            kept.append(media)
-        elif base in _JSON_TYPES and "application/json" not in kept:
-            kept.append("application/json")
+    kept, parts = _keep_media(accept, frozenset({PROTOBUF, "application/json"}))
     if accept and kept == parts:
         return accept  # nothing to drop: the client's header goes on byte for byte
     return ", ".join(kept) if kept else "application/json"

@@ -31,7 +31,7 @@ from discofilter.core.listfilter import filter_list
 from discofilter.core.membership import Membership
 from discofilter.core.protolist import filter_proto_list
 from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
-from discofilter.core.routing import Route, RouteKind, classify
+from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify
 from discofilter.core.watchfilter import WatchFilter, event_resource_version
 from discofilter.errors import (
     NotAcceptableError,
@@ -61,7 +61,6 @@ log = logging.getLogger("discofilter.proxy")
 # is re-compressed on the same rule so a client sees what it would have seen.
 GZIP_THRESHOLD = 128 * 1024
 
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _NOTHING: frozenset[str] = frozenset()
 
 
@@ -296,7 +295,7 @@ class Proxy:
         """If the client's state may predate a membership change, return its resourceVersion."""
         q = request.query
         rv = q.get("resourceVersion", "")
-        if rv in ("", "0") or q.get("sendInitialEvents") in _TRUE:
+        if rv in ("", "0") or q.get("sendInitialEvents") in GO_TRUE:
             return None  # the API server sends the whole current state first: nothing to be stale
         generation = self.ledger.generation(route.resource or "", rv)
         if generation is not None:

@@ -30,7 +30,7 @@ FILTERED_GROUPS: Final = {
 }
 
 # Go's strconv.ParseBool, which the API server uses for the ``watch`` query parameter.
-_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 
 
 class RouteKind(enum.Enum):
@@ -121,7 +121,7 @@ def _classify_canonical(method: str, raw_path: str, watch_values: tuple[str, ...
             return PASSTHROUGH
         resource = parts[0]
         if len(parts) == 1:
-            is_watch = legacy_watch or any(v in _TRUE for v in watch_values)
+            is_watch = legacy_watch or any(v in GO_TRUE for v in watch_values)
             kind = RouteKind.WATCH if is_watch else RouteKind.LIST
             if method == "HEAD":
                 return PASSTHROUGH  # HEAD answers carry no body, so nothing can leak
