@@ -21,6 +21,7 @@ from kubernetes_asyncio.client import ApiClient
 from discofilter.core.membership import Membership
 from discofilter.errors import DiscofilterError, NotReadyError
 from discofilter.kubeapi import status_body
+from discofilter.meshwatch import ConfigMapSource, KubernetesConfigMapSource, MeshWatcher
 from discofilter.proxy import Proxy, _Abort
 from discofilter.settings import Settings
 from discofilter.tracker import KubernetesNamespaceSource, NamespaceSource, NamespaceTracker
@@ -68,21 +69,52 @@ class Runtime:
     proxy: Proxy
     tracker: NamespaceTracker
     session: aiohttp.ClientSession
+    mesh: MeshWatcher | None = None
+    """Follows Istio's mesh config when --mesh-config or --mesh-configmap is given."""
 
 
 async def build_runtime(
-    settings: Settings, upstream: Upstream, *, source: NamespaceSource | None = None
+    settings: Settings,
+    upstream: Upstream,
+    *,
+    source: NamespaceSource | None = None,
+    mesh_source: ConfigMapSource | None = None,
 ) -> tuple[Runtime, Callable[[], Awaitable[None]]]:
-    """Create the session, membership, proxy and tracker. Returns the runtime and its closer."""
+    """Create the session, membership, proxy, tracker and mesh watcher. Returns the runtime and its closer.
+
+    A mesh config file is read here, so an invalid one stops start-up with a ``ConfigError``.
+    """
     session = make_session(settings.upstream)
     membership = Membership(settings.selectors)
     proxy = Proxy(settings, upstream, session, membership)
     api_client: ApiClient | None = None
-    if source is None:
+    if source is None or (settings.mesh.configmap is not None and mesh_source is None):
         api_client = ApiClient(upstream._config)
+    if source is None:
+        assert api_client is not None
         source = KubernetesNamespaceSource(api_client)
     tracker = NamespaceTracker(membership, source, settings.namespaces, proxy.registry.on_change)
-    runtime = Runtime(settings, upstream, membership, proxy, tracker, session)
+    mesh: MeshWatcher | None = None
+    try:
+        if settings.mesh.configmap is not None and mesh_source is None:
+            assert api_client is not None
+            mesh_source = KubernetesConfigMapSource(api_client, *settings.mesh.configmap)
+        if settings.mesh.enabled:
+            mesh = MeshWatcher(
+                membership,
+                settings.mesh,
+                settings.namespaces,
+                proxy.registry.on_change,
+                source=mesh_source if settings.mesh.path is None else None,
+            )
+            if settings.mesh.path is not None:
+                mesh.load_file()
+    except BaseException:
+        await session.close()
+        if api_client is not None:
+            await api_client.close()
+        raise
+    runtime = Runtime(settings, upstream, membership, proxy, tracker, session, mesh)
 
     async def close() -> None:
         await session.close()
@@ -121,11 +153,24 @@ def build_health_app(runtime: Runtime) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def tracker_running(runtime: Runtime) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(runtime.tracker.run(), name="namespace-tracker")
+    async def track() -> None:
+        if runtime.mesh is not None:
+            # Membership must not sync under selectors the mesh config is about to replace.
+            await runtime.mesh.ready.wait()
+        await runtime.tracker.run()
+
+    task = asyncio.create_task(track(), name="namespace-tracker")
+    mesh_task = None
+    if runtime.mesh is not None:
+        mesh_task = asyncio.create_task(runtime.mesh.run(), name="mesh-config")
     runtime.upstream.start_refresh()
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for t in (task, mesh_task):
+            if t is not None:
+                t.cancel()
+        for t in (task, mesh_task):
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t

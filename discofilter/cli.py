@@ -10,8 +10,14 @@ from collections.abc import Sequence
 
 from discofilter import __version__
 from discofilter.core.selectors import SelectorSet, parse_selector
-from discofilter.errors import DiscofilterError
-from discofilter.settings import ServerSettings, Settings, UpstreamSettings, WatchSettings
+from discofilter.errors import ConfigError, DiscofilterError
+from discofilter.settings import (
+    MeshConfigSettings,
+    ServerSettings,
+    Settings,
+    UpstreamSettings,
+    WatchSettings,
+)
 
 ENV_PREFIX = "DISCOFILTER_"
 
@@ -62,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
         "'istio-injection=enabled' OR 'istio.io/rev') [env DISCOFILTER_NAMESPACE_SELECTOR, ';'-separated]",
     )
     s.add_argument(
+        "--mesh-config",
+        default=_env("MESH_CONFIG"),
+        metavar="PATH",
+        help="Istio mesh config file (the istio ConfigMap's 'mesh' key, as mounted for istiod at "
+        "/etc/istio/config/mesh); its discoverySelectors become discofilter's selectors and are followed "
+        "while running. --namespace-selector, if given, wins and the mesh config is then only used to warn "
+        "[env DISCOFILTER_MESH_CONFIG]",
+    )
+    s.add_argument(
+        "--mesh-configmap",
+        default=_env("MESH_CONFIGMAP"),
+        metavar="NAMESPACE/NAME",
+        help="read the mesh config from this ConfigMap (key 'mesh') and watch it, e.g. istio-system/istio; "
+        "same precedence as --mesh-config [env DISCOFILTER_MESH_CONFIGMAP]",
+    )
+    s.add_argument(
         "--tls-cert-file",
         default=_env("TLS_CERT_FILE"),
         help="serve HTTPS with this certificate [env DISCOFILTER_TLS_CERT_FILE]",
@@ -103,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
     ]
     base = Settings()
     selectors = SelectorSet(tuple(parse_selector(t) for t in texts)) if texts else base.selectors
+    mesh = _mesh_settings(args.mesh_config, args.mesh_configmap, selectors_given=bool(texts))
     host, port = _host_port(args.listen, "--listen")
     health = _host_port(args.health_listen, "--health-listen")
     settings = Settings(
@@ -116,9 +139,22 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
         ),
         upstream=UpstreamSettings(kubeconfig=args.kubeconfig, context=args.context),
         watch=WatchSettings(wire_format=args.wire_format),
+        mesh=mesh,
         log_level=args.log_level,
     )
     return settings, health
+
+
+def _mesh_settings(path: str | None, configmap: str | None, *, selectors_given: bool) -> MeshConfigSettings:
+    if path and configmap:
+        raise ConfigError("give --mesh-config or --mesh-configmap, not both")
+    where: tuple[str, str] | None = None
+    if configmap:
+        namespace, slash, name = configmap.partition("/")
+        if not slash or not namespace or not name or "/" in name:
+            raise ConfigError(f"--mesh-configmap {configmap!r} is not NAMESPACE/NAME")
+        where = (namespace, name)
+    return MeshConfigSettings(path=path or None, configmap=where, namespace_selectors_given=selectors_given)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,13 @@ class SelectorError(ConfigError):
     reason = "BadRequest"
 
 
+class MeshConfigError(ConfigError):
+    """An Istio mesh config (file or ConfigMap) whose discoverySelectors cannot be read.
+
+    At start-up from a file it stops the process; while running, the last good selectors stay.
+    """
+
+
 class StreamFramingError(DiscofilterError):
     """Upstream bytes that are not a well-formed watch stream or list body.
 

@@ -339,6 +339,10 @@ class Proxy:
     ) -> web.StreamResponse:
         resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
         watch.upstream = resp
+        if watch.expired:
+            # Membership changed while the upstream request was opening: on_change could not end it
+            # then, and an idle upstream may send nothing for a long time. End it now.
+            end_upstream(resp)
         try:
             if resp.status != 200:
                 error = web.Response(status=resp.status, reason=resp.reason, body=await resp.read())

@@ -94,7 +94,7 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
                 health_port,
                 upstream.base_url,
                 upstream.source,
-                settings.selectors,
+                runtime.mesh.describe() if runtime.mesh is not None else settings.selectors,
                 ", lending its own credentials to loopback clients" if srv.upstream_credentials else "",
             )
             await stop.wait()

@@ -76,6 +76,38 @@ class NamespaceWatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MeshConfigSettings:
+    """Where Istio's mesh config is, so discofilter can take istiod's discoverySelectors as they are."""
+
+    path: str | None = None
+    """A mesh config file, as istiod reads it from /etc/istio/config/mesh when the istio ConfigMap is
+    mounted. Read at start-up (invalid: the process stops) and polled for changes."""
+    configmap: tuple[str, str] | None = None
+    """(namespace, name) of the istio ConfigMap, listed and watched by name so RBAC can restrict it
+    with resourceNames."""
+    key: str = "mesh"
+    """The ConfigMap key istiod reads (kubemesh.NewConfigMapWatcher is called with key "mesh")."""
+    poll_seconds: float = 5.0
+    """File poll period. kubelet swaps a mounted ConfigMap's ..data symlink only after its sync period
+    (about a minute) plus its cache TTL, so polling a few KB every 5 s adds nothing noticeable to that
+    delay, and works where inotify does not (symlink swaps, overlay and network filesystems)."""
+    check_seconds: float = 5.0
+    """How often namespace label changes are rechecked for namespaces istiod's selectors admit but
+    --namespace-selector flags exclude (only when flags win). A recheck is skipped when no namespace
+    changed; 5 s keeps the warning prompt without rescanning thousands of namespaces per event."""
+    namespace_selectors_given: bool = False
+    """--namespace-selector (or its env var) was given: those selectors win over discoverySelectors,
+    because the operator said so explicitly; the mesh config is then followed only to warn."""
+    max_warnings_per_check: int = 100
+    """Per-namespace warning lines per change; past it one line gives the count. istiod admitting every
+    namespace in a 10k-namespace cluster must not flood the log with 10k lines at once."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None or self.configmap is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     selectors: SelectorSet = DEFAULT_MESH_SELECTORS
     """Istio's two injection labels: istio-injection=enabled, or any istio.io/rev label."""
@@ -83,4 +115,6 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     namespaces: NamespaceWatchSettings = field(default_factory=NamespaceWatchSettings)
+    mesh: MeshConfigSettings = field(default_factory=MeshConfigSettings)
+    """Off by default: without a mesh config, ``selectors`` decide alone."""
     log_level: str = "info"

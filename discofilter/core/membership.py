@@ -21,6 +21,11 @@ from typing import Final
 from discofilter.core.selectors import SelectorSet
 
 _NEVER: Final = 0
+# A selectors change (Istio's discoverySelectors edited) happens at no resourceVersion: it is newer than
+# every RV handed out before it, and which later RVs were filtered under it is unknown. Stamping it
+# beyond every real etcd revision makes a resume from an RV the ledger does not know (a watch that broke
+# off, a restart) relist, until a later namespace flip brings a real RV.
+_AFTER_EVERY_RV: Final = 1 << 62
 
 
 def parse_rv(rv: str | None) -> int | None:
@@ -46,6 +51,7 @@ class Membership:
         "_members",
         "generation",
         "last_rv",
+        "revision",
         "selectors",
         "synced",
         "synced_rv",
@@ -58,6 +64,8 @@ class Membership:
         self.synced_rv: int | None = None
         """The namespace LIST resourceVersion of the first sync: changes before it are unknown here."""
         self.last_rv: int | None = None
+        self.revision = 0
+        """Bumped on every LIST or namespace event taken, member or not: lets a reader skip rechecks."""
         self._labels: dict[str, Mapping[str, str]] = {}
         self._members: set[str] = set()
         self._changed_gen: dict[str, int] = {}
@@ -88,6 +96,7 @@ class Membership:
             labels[name] = lab
         rv = parse_rv(list_rv)
         self._labels = labels
+        self.revision += 1
         changed = self._recompute(rv)
         if not self.synced:
             # The first sync establishes the set; nothing a client could hold flipped.
@@ -101,6 +110,7 @@ class Membership:
         name, lab = _name_and_labels(obj)
         meta = obj.get("metadata")
         rv = parse_rv(meta.get("resourceVersion") if isinstance(meta, dict) else None)
+        self.revision += 1
         if event_type == "DELETED":
             self._labels.pop(name, None)
         elif event_type in ("ADDED", "MODIFIED"):
@@ -112,7 +122,11 @@ class Membership:
     def set_selectors(self, selectors: SelectorSet) -> frozenset[str]:
         """Swap the selectors (e.g. Istio's discoverySelectors changed). Returns what changed."""
         self.selectors = selectors
-        return self._recompute(self.last_rv)
+        return self._recompute(None, stamp=_AFTER_EVERY_RV)
+
+    def matching(self, selectors: SelectorSet) -> frozenset[str]:
+        """The known namespaces that ``selectors`` would admit (e.g. istiod's own discoverySelectors)."""
+        return frozenset(name for name, lab in self._labels.items() if selectors.matches(lab))
 
     def changed_since(self, generation: int, namespace: str | None) -> bool:
         """Has membership of ``namespace`` (or of any namespace, for None) changed after ``generation``?"""
@@ -132,7 +146,7 @@ class Membership:
         last = self._last_change_rv if namespace is None else self._changed_rv.get(namespace)
         return last is None or at >= last
 
-    def _recompute(self, rv: int | None, only: str | None = None) -> frozenset[str]:
+    def _recompute(self, rv: int | None, only: str | None = None, stamp: int | None = None) -> frozenset[str]:
         if rv is not None and (self.last_rv is None or rv > self.last_rv):
             self.last_rv = rv
         names: Iterable[str] = (only,) if only is not None else set(self._labels) | self._members
@@ -148,7 +162,8 @@ class Membership:
                     self._members.discard(name)
         if changed and self.synced:
             self.generation += 1
-            stamp = rv if rv is not None else self.last_rv
+            if stamp is None:
+                stamp = rv if rv is not None else self.last_rv
             for name in changed:
                 self._changed_gen[name] = self.generation
                 if stamp is not None:
