@@ -14,12 +14,13 @@ client relists through discofilter and its store's Replace computes the adds and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +35,7 @@ from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
 from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify
 from discofilter.core.watchfilter import WatchFilter, event_resource_version
 from discofilter.errors import (
+    ForbiddenError,
     NotAcceptableError,
     NotReadyError,
     ObjectTooLargeError,
@@ -62,6 +64,7 @@ log = logging.getLogger("discofilter.proxy")
 GZIP_THRESHOLD = 128 * 1024
 
 _NOTHING: frozenset[str] = frozenset()
+_IDENTITY_HEADER_PREFIXES = ("impersonate-", "x-remote-")
 
 
 def end_upstream(resp: aiohttp.ClientResponse) -> None:
@@ -76,6 +79,16 @@ def end_upstream(resp: aiohttp.ClientResponse) -> None:
     resp.content.feed_eof()
 
 
+EndReason = Literal["shutdown", "unknown"]
+"""shutdown: the stream just ends, as at an API server watch timeout, and the client re-watches from
+its last resourceVersion (on another replica). unknown: mesh membership went unconfirmed too long; the
+stream ends with a 503 ERROR event, and new filtered requests are refused until it is known again."""
+
+
+class _SlowClient(Exception):
+    """A watch client took no bytes for ``client_write_timeout_seconds``."""
+
+
 @dataclass(eq=False, slots=True)
 class OpenWatch:
     resource: str
@@ -84,6 +97,12 @@ class OpenWatch:
     upstream: aiohttp.ClientResponse | None = None
     expired: bool = False
     """Set when a membership change ended this watch: the client gets a 410 and relists."""
+    closing: EndReason | None = None
+    """Set when discofilter ends this watch for its own reasons (shutdown, membership unknown)."""
+
+    @property
+    def stopped(self) -> bool:
+        return self.expired or self.closing is not None
 
 
 @dataclass(slots=True)
@@ -92,6 +111,22 @@ class WatchRegistry:
 
     watches: set[OpenWatch] = field(default_factory=set)
     expired_total: int = 0
+    draining: bool = False
+    """Shutting down: every open watch is ended and any watch that opens from now on ends at once."""
+
+    def end_all(self, reason: EndReason) -> int:
+        """End every open watch at an event boundary (whole events already sent stay sent)."""
+        if reason == "shutdown":
+            self.draining = True
+        ended = 0
+        for w in list(self.watches):
+            if w.stopped:
+                continue
+            w.closing = reason
+            ended += 1
+            if w.upstream is not None:
+                end_upstream(w.upstream)
+        return ended
 
     def on_change(self, changed: frozenset[str]) -> None:
         for w in list(self.watches):
@@ -121,10 +156,33 @@ class Proxy:
         self.ledger = ResumeLedger()
         self.malformed_streams = 0
         """Filtered answers ended because the upstream bytes could not be parsed (never forwarded)."""
+        self.slow_clients_ended = 0
+        """Filtered watches dropped because their client stopped reading (client_write_timeout_seconds)."""
+        self.in_flight = 0
+        """Requests being handled now, watches included (logged at shutdown)."""
+        self.membership_unknown_for: Callable[[], float] = lambda: 0.0
+        """Seconds mesh membership has gone unconfirmed; the namespace tracker sets it (app.py)."""
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    def _check_membership_known(self) -> None:
+        if not self.membership.synced:
+            raise NotReadyError("discofilter has not synced mesh membership yet; retry shortly")
+        unknown_for = self.membership_unknown_for()
+        if unknown_for > self.settings.namespaces.unknown_after_seconds:
+            raise NotReadyError(
+                f"discofilter's mesh membership is unconfirmed for {unknown_for:.0f} s (its namespace "
+                "watch is down); filtered reads fail closed until it recovers"
+            )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
         path = raw.partition("?")[0]
         if request.headers.get("Upgrade"):
@@ -137,8 +195,7 @@ class Proxy:
             return await self._passthrough(request, raw)
         if route.kind is RouteKind.REJECTED:
             raise web.HTTPBadRequest(reason="BadRequest", text=route.reason)
-        if not self.membership.synced:
-            raise NotReadyError("discofilter has not synced mesh membership yet; retry shortly")
+        self._check_membership_known()
         if route.kind is RouteKind.LIST:
             return await self._list(request, raw, route)
         return await self._watch(request, raw, route)
@@ -156,6 +213,16 @@ class Proxy:
             headers["Accept"] = accept
         ssl_ctx = self.upstream.client_ssl
         if self.lend_credentials and "Authorization" not in headers:
+            # Lending is decided on the client's own headers. Impersonate-* (and the front-proxy
+            # X-Remote-* headers, honoured for some client certificates) would act with discofilter's
+            # rights, not the client's: a loopback client could become anyone discofilter may
+            # impersonate. Refused, never stripped: stripping would silently change who the request is.
+            dangerous = sorted({k for k in headers if k.lower().startswith(_IDENTITY_HEADER_PREFIXES)})
+            if dangerous:
+                raise ForbiddenError(
+                    "discofilter does not lend its own credentials to a request carrying "
+                    f"{', '.join(dangerous)}; send your own Authorization to impersonate"
+                )
             own = await self.upstream.authorization()
             if own:
                 headers["Authorization"] = own
@@ -328,6 +395,8 @@ class Proxy:
                 request, f"too old resource version: {stale_rv} (mesh membership changed since; relist)"
             )
         watch = OpenWatch(route.resource or "", route.namespace, self.membership.generation)
+        if self.registry.draining:
+            watch.closing = "shutdown"  # opened during shutdown: end it at once, the client goes elsewhere
         self.registry.watches.add(watch)
         try:
             return await self._relay_watch(request, raw, route, watch)
@@ -339,7 +408,7 @@ class Proxy:
     ) -> web.StreamResponse:
         resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
         watch.upstream = resp
-        if watch.expired:
+        if watch.stopped:
             # Membership changed while the upstream request was opening: on_change could not end it
             # then, and an idle upstream may send nothing for a long time. End it now.
             end_upstream(resp)
@@ -373,22 +442,47 @@ class Proxy:
             out = web.StreamResponse(status=200, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
-            ended_by = await self._pump(resp, out, wf, watch)
-            if watch.expired:
-                await out.write(event(410, "Expired", "mesh membership changed during this watch; relist"))
-            elif ended_by is not None:
-                self.malformed_streams += 1
-                log.warning("watch %s ended: %s", request.path, ended_by)
-                await out.write(event(500, "InternalError", f"discofilter: {ended_by}"))
-            elif wf.last_kept is not None:
-                rv = rv_of(wf.last_kept)
-                if rv is not None:
-                    self.ledger.record(watch.resource, rv, watch.generation)
-            with contextlib.suppress(ConnectionError):
-                await out.write_eof()
+            try:
+                ended_by = await self._pump(resp, out, wf, watch)
+                if watch.expired:
+                    msg = "mesh membership changed during this watch; relist"
+                    await self._write(out, event(410, "Expired", msg))
+                elif watch.closing == "unknown":
+                    msg = "discofilter: mesh membership unconfirmed (namespace watch down); retry later"
+                    await self._write(out, event(503, "ServiceUnavailable", msg))
+                elif ended_by is not None:
+                    self.malformed_streams += 1
+                    log.warning("watch %s ended: %s", request.path, ended_by)
+                    await self._write(out, event(500, "InternalError", f"discofilter: {ended_by}"))
+                elif wf.last_kept is not None:
+                    rv = rv_of(wf.last_kept)
+                    if rv is not None:
+                        self.ledger.record(watch.resource, rv, watch.generation)
+                with contextlib.suppress(ConnectionError):
+                    async with asyncio.timeout(self.settings.watch.client_write_timeout_seconds):
+                        await out.write_eof()
+            except (_SlowClient, TimeoutError) as exc:
+                self.slow_clients_ended += 1
+                log.warning(
+                    "watch %s: client took nothing for %.0f s; ending its watch",
+                    request.path,
+                    self.settings.watch.client_write_timeout_seconds,
+                )
+                raise _Abort from exc
             return out
         finally:
             resp.close()
+
+    async def _write(self, out: web.StreamResponse, data: bytes) -> None:
+        """Write whole events; a client that takes none of them for the write timeout is dropped.
+
+        Awaiting the write is the backpressure: while it waits nothing more is read from upstream, so
+        a stalled client holds at most one upstream read plus the socket buffers."""
+        try:
+            async with asyncio.timeout(self.settings.watch.client_write_timeout_seconds):
+                await out.write(data)
+        except TimeoutError as exc:
+            raise _SlowClient from exc
 
     async def _pump(
         self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wf: StreamFilter, watch: OpenWatch
@@ -399,19 +493,19 @@ class Proxy:
                 chunk = await resp.content.readany()
                 if not chunk:
                     break
-                if watch.expired:
+                if watch.stopped:
                     return None
                 kept = wf.feed(chunk)
                 if kept:
                     # One write per upstream read: whole events only, flushed now (never held for the
                     # next one); awaiting it is the backpressure on a slow client.
-                    await out.write(kept[0] if len(kept) == 1 else b"".join(kept))
-            if not watch.expired:
+                    await self._write(out, kept[0] if len(kept) == 1 else b"".join(kept))
+            if not watch.stopped:
                 wf.feed_eof()
         except StreamFramingError as exc:
             return f"malformed upstream watch stream: {exc}"
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            if not watch.expired:
+            if not watch.stopped:
                 log.info("upstream watch connection ended: %s", exc)
         return None
 

@@ -129,6 +129,7 @@ class NamespaceTracker:
         settings: NamespaceWatchSettings,
         on_change: Callable[[frozenset[str]], None],
         *,
+        on_unknown: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.membership = membership
@@ -143,6 +144,49 @@ class NamespaceTracker:
         self.watch_open = False
         self.relists = 0
         self.reconnects = 0
+        self.on_unknown = on_unknown
+        """Called once per outage when membership has gone unconfirmed past ``unknown_after_seconds``."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._unknown_signalled = False
+
+    def unknown_for(self) -> float:
+        """Seconds membership has gone unconfirmed: 0 while the namespace watch is open, infinite
+        before the first LIST. An open watch counts as confirming: the API server delivers changes on
+        it in order, and ``inactivity_seconds`` bounds how long a dead one can pass for open."""
+        if self.last_contact is None:
+            return float("inf")
+        if self.watch_open:
+            return 0.0
+        return max(0.0, self.clock() - self.last_contact)
+
+    def _confirmed(self) -> None:
+        """Membership is known again (a LIST came, a watch opened): re-arm the outage signal."""
+        self._unknown_signalled = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _arm_watchdog(self) -> None:
+        """Membership stopped being confirmed: signal ``on_unknown`` when the bound passes."""
+        if self.on_unknown is None or self._unknown_signalled or self._watchdog is not None:
+            return
+        delay = max(0.0, self.settings.unknown_after_seconds - self.unknown_for())
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_unknown)
+
+    def _check_unknown(self) -> None:
+        self._watchdog = None
+        if self.on_unknown is None or self._unknown_signalled or self.watch_open:
+            return
+        left = self.settings.unknown_after_seconds - self.unknown_for()
+        if left > 0:  # a LIST came meanwhile and the watch has not reopened yet
+            self._arm_watchdog()
+            return
+        self._unknown_signalled = True
+        log.warning(
+            "mesh membership unconfirmed for %.0f s (namespace watch down): filtered requests fail closed",
+            self.unknown_for(),
+        )
+        self.on_unknown()
 
     @property
     def healthy(self) -> bool:
@@ -165,6 +209,7 @@ class NamespaceTracker:
         first = not self.ready.is_set()
         self._changed(self.membership.replace(items, rv))
         self.last_contact = self.clock()
+        self._confirmed()
         if first:
             log.info(
                 "namespace membership synced: %d of %d namespaces match %s (rv %s)",
@@ -183,6 +228,8 @@ class NamespaceTracker:
         inactivity = self.settings.inactivity_seconds
         stream = self.source.watch(rv, self.settings.timeout_seconds)
         self.watch_open = True
+        self._confirmed()
+        clean_end = False
         try:
             while True:
                 try:
@@ -192,6 +239,7 @@ class NamespaceTracker:
                     async with asyncio.timeout(inactivity):
                         etype, obj = await anext(stream)
                 except StopAsyncIteration:
+                    clean_end = True
                     break
                 except TimeoutError:
                     log.warning("namespace watch silent for %.0f s; reconnecting from rv %s", inactivity, rv)
@@ -216,6 +264,9 @@ class NamespaceTracker:
                     rv = new_rv
         finally:
             self.watch_open = False
+            if clean_end and (got_any or self.clock() - started >= self.settings.short_watch_seconds):
+                self.last_contact = self.clock()  # the watch confirmed membership up to its end
+            self._arm_watchdog()
             await stream.aclose()  # type: ignore[attr-defined]
         if not got_any and self.clock() - started < self.settings.short_watch_seconds:
             raise UpstreamError("namespace watch lasted less than a second and no items received")
@@ -223,6 +274,12 @@ class NamespaceTracker:
 
     async def run(self) -> None:
         """Run forever: list, watch, resume, relist on 410, back off on failures."""
+        try:
+            await self._run()
+        finally:
+            self._confirmed()  # no outage signal after the tracker has stopped
+
+    async def _run(self) -> None:
         rv: str | None = None
         while True:
             try:
