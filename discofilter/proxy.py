@@ -206,6 +206,16 @@ class Proxy:
         self, request: web.Request, *, accept: str | None = None
     ) -> tuple[CIMultiDict[str], ssl.SSLContext | bool]:
         drop = hop_by_hop(request.headers) | {"host", "content-length"}
+        identity_dropped = sorted(
+            h for h in drop if h == "authorization" or h.startswith(_IDENTITY_HEADER_PREFIXES)
+        )
+        if identity_dropped:
+            # "Connection: Authorization" would make discofilter drop the client's identity headers
+            # as hop-by-hop, and (with lending) put its own identity in their place.
+            raise web.HTTPBadRequest(
+                reason="BadRequest",
+                text=f"Connection may not name identity headers ({', '.join(identity_dropped)})",
+            )
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in drop
         )
