@@ -183,7 +183,7 @@ class NamespaceTracker:
             return
         self._unknown_signalled = True
         log.warning(
-            "mesh membership unconfirmed for %.0f s (namespace watch down): filtered requests fail closed",
+            "mesh membership unconfirmed for %.1f s (namespace watch down): filtered requests fail closed",
             self.unknown_for(),
         )
         self.on_unknown()
