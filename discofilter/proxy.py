@@ -167,8 +167,17 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
+        transport = request.transport  # aiohttp unsets it when it force-closes the connection
         try:
             return await self._handle(request)
+        except asyncio.CancelledError:
+            if self.registry.draining and transport is not None:
+                # Past the shutdown grace period: drop the connection now. aiohttp close()s it, which
+                # still flushes whatever the transport holds, for as long as the client takes (and
+                # keeps the process alive meanwhile). An aborted body is cut where it stands (short
+                # of its Content-Length, or without the final chunk), so the client knows.
+                transport.abort()
+            raise
         finally:
             self.in_flight -= 1
 
@@ -364,6 +373,11 @@ class Proxy:
         if len(result.body) > GZIP_THRESHOLD and "gzip" in request.headers.get("Accept-Encoding", ""):
             out.enable_compression(web.ContentCoding.gzip)
         log.debug("LIST %s: kept %d of %d items", request.path, result.items_kept, result.items_in)
+        # Written here rather than by aiohttp after the handler returns: then a shutdown sees the
+        # LIST in flight and bounds it by the grace period (runner.py), instead of leaving megabytes
+        # in a transport buffer that keeps the process alive for as long as the client reads.
+        await out.prepare(request)
+        await out.write_eof()
         return out
 
     # -- filtered WATCH -----------------------------------------------------------------------------
