@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from kubernetes_asyncio import client as aclient
 from yarl import URL
 
 from discofilter.settings import NamespaceWatchSettings, Settings, WatchSettings
@@ -27,7 +29,8 @@ from tests import fixtures
 from tests.core.test_protobuf import ref_event, ref_frames
 from tests.fakes import FakeNamespaceSource
 from tests.harness import Running, free_port, running_discofilter, write_kubeconfig
-from tests.test_e2e import ADMIN, OWN, pod, seeded
+from tests.informer import Informer, running
+from tests.test_e2e import ADMIN, OWN, api_client, converge, environment, pod, seeded
 from tests.test_proxy import MESH, namespace_source, raw_get, stack
 
 ISTIOD_ACCEPT = "application/vnd.kubernetes.protobuf,application/json"
@@ -464,3 +467,41 @@ async def test_huge_headers_are_refused_and_the_listener_lives(tmp_path: Path) -
             assert data.split(b" ")[1] in (b"400", b"431"), data[:100]
         assert (await raw_get(df.url, "/api/v1/pods"))[0] == 200
     assert len(replay.requests) == 1
+
+
+# -- membership flapping while watches are open ------------------------------------------------------
+
+
+async def test_flapping_namespace_label_caches_converge_to_the_truth(tmp_path: Path) -> None:
+    """A namespace label toggled 20 times at uneven intervals, pods churning in it meanwhile, while
+    client-go-style informers (list, watch, relist on 410) run through discofilter."""
+    rng = random.Random(11)
+    async with environment(tmp_path) as env:
+        api = await api_client(env.client_kubeconfig)
+        core = aclient.CoreV1Api(api)
+        informers = {
+            "pods": Informer(core.list_pod_for_all_namespaces),
+            "services": Informer(core.list_service_for_all_namespaces),
+        }
+        try:
+            async with running(list(informers.values())):
+                await converge(env, informers)
+                for i in range(20):
+                    on = i % 2 == 0
+                    env.store.patch_labels(
+                        "namespaces", None, "plain-2", {"istio-injection": "enabled" if on else None}
+                    )
+                    env.store.create("pods", pod(f"flap-{i}", "plain-2"))
+                    if i % 3 == 0:
+                        env.store.create("pods", pod(f"steady-{i}", "mesh-a"))
+                    await asyncio.sleep(rng.choice([0, 0, 0.005, 0.02, 0.1]))
+                # Ends with plain-2 out of the mesh (20 toggles: the last one removes the label).
+                await converge(env, informers, timeout=20)
+                assert "plain-2" not in {ns for ns, _, _ in informers["pods"].view()}
+                env.store.patch_labels("namespaces", None, "plain-2", {"istio-injection": "enabled"})
+                await converge(env, informers, timeout=20)
+                assert {f"flap-{i}" for i in range(20)} <= {
+                    n for ns, n, _ in informers["pods"].view() if ns == "plain-2"
+                }
+        finally:
+            await api.close()
