@@ -27,6 +27,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from discofilter.core.boundary import EventBoundary
 from discofilter.core.ledger import ResumeLedger
 from discofilter.core.listfilter import filter_list
 from discofilter.core.membership import Membership
@@ -110,6 +111,8 @@ class WatchRegistry:
     """The open filtered watches, so a membership change can end the ones it affects."""
 
     watches: set[OpenWatch] = field(default_factory=set)
+    passthrough: set[OpenWatch] = field(default_factory=set)
+    """Pass-through watches: membership changes do not concern them, shutdown does."""
     expired_total: int = 0
     draining: bool = False
     """Shutting down: every open watch is ended and any watch that opens from now on ends at once."""
@@ -119,7 +122,7 @@ class WatchRegistry:
         if reason == "shutdown":
             self.draining = True
         ended = 0
-        for w in list(self.watches):
+        for w in [*self.watches, *(self.passthrough if reason == "shutdown" else ())]:
             if w.stopped:
                 continue
             w.closing = reason
@@ -293,19 +296,50 @@ class Proxy:
 
     async def _passthrough(self, request: web.Request, raw: str) -> web.StreamResponse:
         resp = await self._open(request, raw, stream_body=True)
+        watch: OpenWatch | None = None
         try:
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=False)
             await out.prepare(request)
             if request.method != "HEAD":
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
+                boundary = _watch_boundary(request, resp)
+                if resp.status == 200 and _is_watch(request):
+                    # Registered so a shutdown can end it (at an event boundary when one is known).
+                    watch = OpenWatch("", None, 0, upstream=resp)
+                    self.registry.passthrough.add(watch)
+                    if self.registry.draining:
+                        watch.closing = "shutdown"
+                        end_upstream(resp)
+                try:
+                    async for chunk in resp.content.iter_any():
+                        await self._write(out, chunk)
+                        if boundary is not None:
+                            boundary.feed(chunk)
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                    if watch is None or watch.closing is None:
+                        raise
+                    # end_upstream() closed it: what was forwarded is all there is
+                ended_mid_event = boundary is None or not boundary.at_boundary
+                if watch is not None and watch.closing is not None and ended_mid_event:
+                    log.info("shutdown cut pass-through watch %s mid-event", request.path)
+                    raise _Abort
             await out.write_eof()
             return out
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
             raise _Abort from exc
+        except _SlowClient as exc:
+            self.slow_clients_ended += 1
+            log.warning(
+                "%s %s: client took nothing for %.0f s; dropping it",
+                request.method,
+                request.path,
+                self.settings.watch.client_write_timeout_seconds,
+            )
+            raise _Abort from exc
         finally:
+            if watch is not None:
+                self.registry.passthrough.discard(watch)
             resp.release()
 
     # -- filtered reads -----------------------------------------------------------------------------
@@ -532,6 +566,22 @@ class Proxy:
             if not watch.stopped:
                 log.info("upstream watch connection ended: %s", exc)
         return None
+
+
+def _is_watch(request: web.Request) -> bool:
+    return any(v in GO_TRUE for v in request.query.getall("watch", [])) or "/watch/" in request.path
+
+
+def _watch_boundary(request: web.Request, resp: aiohttp.ClientResponse) -> EventBoundary | None:
+    """Event-boundary tracking for a pass-through watch whose encoding is known (not compressed)."""
+    if resp.status != 200 or resp.headers.get("Content-Encoding") or not _is_watch(request):
+        return None
+    ctype = resp.headers.get("Content-Type")
+    if is_json_content_type(ctype):
+        return EventBoundary(protobuf=False)
+    if is_protobuf_content_type(ctype):
+        return EventBoundary(protobuf=True)
+    return None
 
 
 class StreamFilter(Protocol):

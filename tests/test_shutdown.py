@@ -133,11 +133,18 @@ async def test_sigterm_ends_watches_cleanly_and_lets_lists_finish(tmp_path: Path
         async with aiohttp.ClientSession() as s:
             lists_started = [asyncio.Event() for _ in range(3)]
             lists = [asyncio.create_task(slow_list(s, url + "/api/v1/pods", ev)) for ev in lists_started]
-            watches_opened = [asyncio.Event() for _ in range(4)]
+            watches_opened = [asyncio.Event() for _ in range(6)]
             watches = [
                 asyncio.create_task(watch_to_end(s, f"{url}/api/v1/{res}?watch=1&resourceVersion=0", hdr, ev))
                 for (res, hdr), ev in zip(
-                    [("pods", {}), ("pods", {"Accept": ISTIOD_ACCEPT}), ("services", {}), ("pods", {})],
+                    [
+                        ("pods", {}),
+                        ("pods", {"Accept": ISTIOD_ACCEPT}),
+                        ("services", {}),
+                        ("pods", {}),
+                        ("namespaces", {}),  # pass-through: not filtered, ended all the same
+                        ("configmaps", {"Accept": ISTIOD_ACCEPT}),
+                    ],
                     watches_opened,
                     strict=True,
                 )
@@ -148,6 +155,7 @@ async def test_sigterm_ends_watches_cleanly_and_lets_lists_finish(tmp_path: Path
                 store.create("pods", pod(f"late-{i}", "mesh-b"))
             await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
+            t0 = asyncio.get_running_loop().time()
             await asyncio.sleep(0.2)
             # The listener is closed: a new client goes elsewhere.
             host, port = url.removeprefix("http://").split(":")
@@ -161,16 +169,19 @@ async def test_sigterm_ends_watches_cleanly_and_lets_lists_finish(tmp_path: Path
             bodies = await asyncio.wait_for(asyncio.gather(*lists), 20)
             streams = await asyncio.wait_for(asyncio.gather(*watches), 20)
         assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 20) == 0
+        # Nothing held the shutdown for the 10 s grace period: the slow LISTs took about a second.
+        assert asyncio.get_running_loop().time() - t0 < 8
     for body in bodies:
         doc = orjson.loads(body)  # complete JSON
         assert {i["metadata"]["name"] for i in doc["items"]} >= truth
         assert {i["metadata"]["namespace"] for i in doc["items"]} <= MESH
-    for events in streams:
+    for events in streams[:4]:
         assert events
         assert all(t != "ERROR" and ns in {*MESH, ""} for t, ns, _ in events)
+    assert {name for _, _, name in streams[4]} >= {"mesh-a", "plain-1"}  # pass-through: every namespace
     assert {name for _, _, name in streams[0]} >= {f"late-{i}" for i in range(5)}
     log = (tmp_path / "serve.log").read_text()
-    assert "stopped accepting; ended 4 open watches" in log
+    assert "stopped accepting; ended 6 open watches" in log
 
 
 async def test_a_list_beyond_the_grace_period_is_cut_never_completed_wrongly(tmp_path: Path) -> None:

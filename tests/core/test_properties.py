@@ -19,6 +19,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from discofilter.core.boundary import EventBoundary
 from discofilter.core.membership import Membership
 from discofilter.core.protowatch import ProtoWatchFilter
 from discofilter.core.routing import classify
@@ -276,3 +277,23 @@ def test_the_reference_reading_knows_the_known_escapes() -> None:
         assert reaches_a_filtered_collection(target)
     assert not reaches_a_filtered_collection("/api/v1/nodes")
     assert not reaches_a_filtered_collection("/api/v1/namespaces/mesh-a/pods/p/log")
+
+
+# -- pass-through watches: knowing where events end, without parsing them ----------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(events, max_size=10), st.lists(st.integers(0, 3000), max_size=20), st.booleans())
+def test_event_boundary_is_known_after_every_chunk(evs: list[Ev], cuts: list[int], protobuf: bool) -> None:
+    encoded = [encode_proto(e) if protobuf else encode_json(e) for e in evs]
+    data = b"".join(encoded)
+    ends, offset = {0}, 0
+    for raw in encoded:
+        offset += len(raw)
+        ends.add(offset)
+    boundary = EventBoundary(protobuf=protobuf)
+    prev = 0
+    for c in [*sorted({c for c in cuts if 0 < c < len(data)}), len(data)]:
+        boundary.feed(data[prev:c])
+        prev = c
+        assert boundary.at_boundary == (c in ends), c
