@@ -5,22 +5,22 @@
 - Impersonate-* headers are the API server's to judge: forwarded unchanged with the client's own
   credentials, and never combined with discofilter's lent ones.
 - No header can make discofilter drop the client's identity headers (``Connection: Authorization``).
+
+The TLS listener's side (no token of discofilter's, no client certificate of discofilter's, with or
+without Impersonate-*) is in tests/test_credentials.py; bypasses of the filter by path are in
+tests/test_faults.py and tests/core/test_properties.py.
 """
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-import trustme
 
 from discofilter.settings import ServerSettings, Settings
-from tests.harness import running_discofilter, write_kubeconfig
-from tests.test_credentials import TLSUpstream, namespaces
 from tests.test_proxy import OWN_TOKEN, stack
 
 ROUTES = {"/api/v1/pods": "list-pods.json", "/api/v1/nodes": "list-namespaces.json"}
@@ -96,35 +96,3 @@ async def test_connection_cannot_name_identity_headers(
         status, body = await _send(df.url, "/api/v1/nodes", headers)
     assert status == 400 and body["reason"] == "BadRequest"
     assert replay.requests == []
-
-
-async def test_tls_listener_never_adds_a_token_even_with_impersonation(tmp_path: Path) -> None:
-    """A non-loopback-capable (TLS) listener: discofilter's token and certificate never ride along."""
-    ca = trustme.CA()
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    own = ca.issue_cert("discofilter-sa")
-    own.cert_chain_pems[0].write_to_path(str(tmp_path / "own.crt"))
-    own.private_key_pem.write_to_path(str(tmp_path / "own.key"))
-    upstream = TLSUpstream(ca)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    settings = replace(Settings(), server=ServerSettings(tls_cert_file="x", tls_key_file="x"))
-    async with upstream.serve() as url:
-        kc = write_kubeconfig(
-            tmp_path / "kc",
-            url,
-            token="discofilter-sa-token",
-            ca_file=str(ca_file),
-            client_cert=(str(tmp_path / "own.crt"), str(tmp_path / "own.key")),
-        )
-        async with running_discofilter(
-            kc, settings=settings, source=namespaces(), server_ssl=server_ctx
-        ) as df:
-            client_ctx = ssl.create_default_context()
-            ca.configure_trust(client_ctx)
-            async with aiohttp.ClientSession() as s:
-                for headers in ({}, IMPERSONATE):
-                    async with s.get(df.url + "/api/v1/namespaces", ssl=client_ctx, headers=headers) as r:
-                        assert r.status == 200
-    assert [(token, cert) for _, token, cert in upstream.seen] == [(None, None), (None, None)]

@@ -29,6 +29,7 @@ from discofilter.simapi import SimSettings, build_app
 from tests.core.test_protobuf import ref_event
 from tests.harness import free_port, write_kubeconfig
 from tests.test_e2e import pod, seeded
+from tests.test_proxy import pb_frames
 
 ISTIOD_ACCEPT = "application/vnd.kubernetes.protobuf,application/json"
 MESH = {"mesh-a", "mesh-b", "mesh-rev"}
@@ -111,16 +112,6 @@ async def watch_to_end(
         (e["type"], e["object"]["metadata"].get("namespace", ""), e["object"]["metadata"].get("name", ""))
         for e in events
     ]
-
-
-def pb_frames(body: bytes) -> list[bytes]:
-    frames, pos = [], 0
-    while pos < len(body):
-        n = int.from_bytes(body[pos : pos + 4], "big")
-        frames.append(body[pos : pos + 4 + n])
-        pos += 4 + n
-    assert pos == len(body), "a torn protobuf frame"
-    return frames
 
 
 async def test_sigterm_ends_watches_cleanly_and_lets_lists_finish(tmp_path: Path) -> None:
