@@ -43,9 +43,10 @@ class UpstreamSettings:
     """A TCP+TLS connect to a healthy API server takes milliseconds; 10 s rides out a busy control plane."""
     pool_size: int = 4096
     """Upstream connections at once. Each open watch holds one for its whole life (HTTP/1.1), and a
-    request beyond the limit waits for a free one, so a filtered watch could wait forever: the limit
-    must exceed the watches expected (one istiod opens about 10; 1,000 were measured at ~45 KiB RSS
-    each, see docs/readme-faults.md). It still bounds what a runaway client can make discofilter open."""
+    request beyond the limit waits for a free one (aiohttp counts that wait in the connect timeout,
+    then the client gets a 502), so the limit must exceed the watches expected: one istiod opens a few
+    dozen; 1,000 were measured at ~40 KiB RSS and 2 fds each (docs/readme-faults.md). It still bounds
+    what a runaway client can make discofilter open."""
 
 
 WireFormat = Literal["native", "json"]
