@@ -96,7 +96,7 @@ async def drain(runner: web.AppRunner, runtime: Runtime, grace: float) -> None:
         await site.stop()
     ended = runtime.proxy.registry.end_all("shutdown")
     log.info(
-        "shutting down: stopped accepting; ended %d open watches; waiting up to %.0f s for %d requests",
+        "shutting down: stopped accepting; ended %d open watches; waiting up to %.1f s for %d requests",
         ended,
         grace,
         runtime.proxy.in_flight - ended,
