@@ -459,6 +459,42 @@ async def test_odd_queries_on_filtered_reads_never_bypass_or_crash(tmp_path: Pat
         assert (await raw_get(df.url, "/api/v1/pods"))[0] == 200
 
 
+SMUGGLERS = [
+    # CL and TE together: the body is "0\r\n\r\n" by TE, or 4 bytes by CL; the rest a second request.
+    b"POST /api/v1/namespaces/x/configmaps HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n",
+    # A request inside a body.
+    b"POST /api/v1/namespaces/x/configmaps HTTP/1.1\r\nHost: x\r\nContent-Length: 37\r\n\r\n"
+    b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Pipelined after a GET with a body (the filtered read never forwards a request body).
+    b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\nContent-Length: 37\r\n\r\n"
+    b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("payload", SMUGGLERS)
+async def test_smuggled_requests_never_reach_a_collection_unfiltered(tmp_path: Path, payload: bytes) -> None:
+    async with stack(tmp_path, {"/api/v1/pods": "list-pods.json"}) as (df, replay, _):
+        host, port = df.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(payload)
+        received = b""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(2):
+                while chunk := await reader.read(1 << 16):
+                    received += chunk
+        writer.close()
+        assert b'"namespace":"plain-1"' not in received  # no unfiltered pod list reached the client
+        assert (await raw_get(df.url, "/api/v1/pods"))[0] == 200
+    # Whatever discofilter made of the bytes, the API server only got discofilter's own framing: a
+    # request inside a body stays a body, and each read of the pods collection it saw is a GET that
+    # discofilter parsed itself, so went through the filter.
+    pods = [r for r in replay.requests if r.raw_path.startswith("/api/v1/pods")]
+    assert all(r.method == "GET" and r.body == b"" for r in pods)
+    assert all(r.method == "POST" for r in replay.requests if b"GET /api/v1/pods" in r.body)
+
+
 async def test_huge_headers_are_refused_and_the_listener_lives(tmp_path: Path) -> None:
     async with stack(tmp_path, {"/api/v1/pods": "list-pods.json"}) as (df, replay, _):
         host, port = df.url.removeprefix("http://").split(":")
