@@ -1,0 +1,258 @@
+"""The RBAC in the manifests grants what discofilter's own calls need, and nothing they do not use.
+
+A real ``discofilter serve`` (a subprocess, with the args of the rendered container, only addresses and
+file paths swapped for the test's) runs against simapi; every request carrying discofilter's own token
+is recorded and checked against the rendered Roles bound to its ServiceAccount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from discofilter.simapi import REQUEST_LOG, RecordedRequest, SimSettings, Store, build_app
+from tests.deploy.kube import ISTIOD, MANIFESTS, Obj, build, build_component, find, flag
+from tests.deploy.rbac import Attributes, Grant, allowed, attributes, grants, rule_allows
+from tests.harness import free_port, write_kubeconfig
+
+OWN = "discofilter-token"
+ADMIN = "admin-token"
+MESH = "discoverySelectors:\n- matchLabels: {istio-injection: enabled}\n"
+
+
+def store() -> Store:
+    s = Store(seed=3)
+    s.create("namespaces", {"metadata": {"name": "istio-system"}})
+    s.create("namespaces", {"metadata": {"name": "mesh-a", "labels": {"istio-injection": "enabled"}}})
+    s.create("namespaces", {"metadata": {"name": "plain-b"}})
+    s.create("configmaps", {"metadata": {"name": "istio"}, "data": {"mesh": MESH}}, namespace="istio-system")
+    # A second ConfigMap beside it, which discofilter must not need to read.
+    s.create(
+        "configmaps", {"metadata": {"name": "istio-canary"}, "data": {"mesh": ""}}, namespace="istio-system"
+    )
+    return s
+
+
+@contextlib.asynccontextmanager
+async def simapi(s: Store) -> AsyncIterator[tuple[str, web.Application]]:
+    settings = SimSettings(
+        bookmark_interval=0.5, bookmark_lead=0.2, tokens={OWN: "discofilter", ADMIN: "admin"}
+    )
+    app = build_app(s, settings)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", app
+    finally:
+        await runner.cleanup()
+
+
+def container(objs: list[Obj]) -> tuple[Obj, Obj]:
+    """(Deployment, discofilter container) of a rendered flavour."""
+    for dep in find(objs, "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            if c["name"] == "discofilter":
+                return dep, c
+    raise AssertionError("no discofilter container")
+
+
+def swapped_args(args: list[str], listen: int, health: int, tls: tuple[str, str] | None) -> list[str]:
+    """The rendered args with the listeners on free loopback ports and the TLS files swapped."""
+    keep = [a for a in args if not a.startswith(("--listen", "--health-listen", "--tls-"))]
+    assert len(keep) == len(args) - sum(
+        1 for a in args if a.startswith(("--listen", "--health-listen", "--tls-"))
+    )
+    out = [*keep, f"--listen=127.0.0.1:{listen}", f"--health-listen=127.0.0.1:{health}"]
+    if tls is not None:
+        assert flag(args, "--tls-cert-file") and flag(args, "--tls-key-file")
+        out += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
+    return out
+
+
+async def run_discofilter(objs: list[Obj], tmp_path: Path) -> tuple[list[RecordedRequest], int, str]:
+    """Runs discofilter as rendered; returns the requests simapi saw, its exit code and its log."""
+    dep, c = container(objs)
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    s = store()
+    async with simapi(s) as (url, app):
+        kubeconfig = write_kubeconfig(tmp_path / "own.kubeconfig", url, token=OWN)
+        tls = None
+        ca_file = None
+        if flag(c["args"], "--tls-cert-file"):
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1")
+            cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
+            cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
+            ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+            tls, ca_file = (str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")), str(tmp_path / "ca.crt")
+        port, hport = free_port(), free_port()
+        args = swapped_args(c["args"], port, hport, tls)
+        log = tmp_path / "discofilter.log"
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "discofilter",
+                *args,
+                "--kubeconfig",
+                str(kubeconfig),
+                stdout=out,
+                stderr=out,
+            )
+        try:
+            async with aiohttp.ClientSession() as http:
+                await wait_for(lambda: ready(http, f"http://127.0.0.1:{hport}/readyz"), proc, log)
+                # Make both watches carry events, as a label change and a mesh config edit would.
+                ns = s.get("namespaces", "", "plain-b")
+                s.update("namespaces", {**ns, "metadata": {**ns["metadata"], "labels": {"team": "b"}}})
+                cm = s.get("configmaps", "istio-system", "istio")
+                s.update("configmaps", {**cm, "data": {"mesh": MESH + "# edited\n"}})
+
+                async def watching() -> bool:
+                    recorded = app[REQUEST_LOG]
+                    own = own_attributes(list(recorded))
+                    return {("watch", "namespaces"), ("watch", "configmaps")} <= {
+                        (a.verb, a.resource) for a in own
+                    }
+
+                await wait_for(watching, proc, log)
+                if tls is not None:
+                    # A client's request goes out with the client's token, never discofilter's.
+                    ssl_ctx = ssl.create_default_context(cafile=ca_file)
+                    async with http.get(
+                        f"https://127.0.0.1:{port}/api/v1/pods",
+                        headers={"Authorization": f"Bearer {ADMIN}"},
+                        ssl=ssl_ctx,
+                    ) as resp:
+                        assert resp.status == 200
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            # The pod's grace period is what kubelet gives it before SIGKILL.
+            try:
+                rc = await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                rc = -9
+        recorded = app[REQUEST_LOG]
+        return list(recorded), rc, log.read_text()
+
+
+async def ready(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url) as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], proc: asyncio.subprocess.Process, log: Path) -> None:
+    """Polls ``check`` (a callable returning an awaitable bool) for up to 30 s, failing at once if the
+    process ends."""
+    for _ in range(300):
+        if proc.returncode is not None:
+            pytest.fail(f"discofilter exited {proc.returncode}: {log.read_text()}")
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"discofilter never got there: {log.read_text()}")
+
+
+def own_attributes(log: list[RecordedRequest]) -> list[Attributes]:
+    found = []
+    for r in log:
+        if r.header("Authorization") == f"Bearer {OWN}":
+            a = attributes(r.method, r.path, r.query)
+            assert a is not None, f"discofilter called a non-resource URL {r.path}"
+            found.append(a)
+    return found
+
+
+FLAVOURS = {
+    # flavour: (how to render it, the ServiceAccount discofilter runs as)
+    "standalone": ("istio-system", "discofilter"),
+    "sidecar": ("istio-system", "istiod"),
+}
+
+
+def rendered(flavour: str, tmp_path: Path) -> list[Obj]:
+    if flavour == "sidecar":
+        return build_component(MANIFESTS / "sidecar", ISTIOD, tmp_path / "render")
+    return build(MANIFESTS / flavour)
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+async def test_rbac_grants_exactly_what_discofilter_calls(flavour: str, tmp_path: Path) -> None:
+    objs = rendered(flavour, tmp_path)
+    namespace, account = FLAVOURS[flavour]
+    dep, _ = container(objs)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == account
+    granted = grants(objs, namespace, account)
+    log, rc, text = await run_discofilter(objs, tmp_path)
+    assert rc == 0, text
+    own = own_attributes(log)
+    assert {(a.verb, a.resource) for a in own} == {
+        ("list", "namespaces"),
+        ("watch", "namespaces"),
+        ("list", "configmaps"),
+        ("watch", "configmaps"),
+    }
+    for a in own:
+        assert allowed(granted, a), f"{flavour}: discofilter's own {a} is not granted"
+    # ...and nothing more: every verb on every resource each rule grants is one discofilter uses (a
+    # wildcard never is).
+    for g in granted:
+        for rule in g.rules:
+            for verb in rule["verbs"]:
+                for resource in rule["resources"]:
+                    used = [
+                        a
+                        for a in own
+                        if (a.verb, a.resource) == (verb, resource)
+                        and rule_allows(rule, a)
+                        and (not g.namespace or g.namespace == a.namespace)
+                    ]
+                    assert used, f"{flavour}: {verb} {resource} is granted but discofilter never needs it"
+
+
+def test_the_matcher_refuses_what_the_roles_do_not_grant() -> None:
+    objs = build(MANIFESTS / "standalone")
+    granted = grants(objs, "istio-system", "discofilter")
+    ok = attributes(
+        "GET", "/api/v1/namespaces/istio-system/configmaps", "fieldSelector=metadata.name%3Distio&watch=true"
+    )
+    assert ok == Attributes("watch", "", "configmaps", "istio-system", "istio")
+    assert allowed(granted, ok)
+    refused = [
+        # another ConfigMap, all ConfigMaps, a get (not granted), another namespace, pods, a write
+        ("GET", "/api/v1/namespaces/istio-system/configmaps", "fieldSelector=metadata.name%3Distio-canary"),
+        ("GET", "/api/v1/namespaces/istio-system/configmaps", ""),
+        ("GET", "/api/v1/namespaces/istio-system/configmaps/istio", ""),
+        ("GET", "/api/v1/namespaces/default/configmaps", "fieldSelector=metadata.name%3Distio"),
+        ("GET", "/api/v1/pods", "watch=1"),
+        ("GET", "/api/v1/namespaces/mesh-a", ""),
+        ("PATCH", "/api/v1/namespaces/mesh-a", ""),
+        ("GET", "/apis/discovery.k8s.io/v1/endpointslices", ""),
+    ]
+    for method, path, query in refused:
+        a = attributes(method, path, query)
+        assert a is not None and not allowed(granted, a), (method, path, query)
+    assert allowed(
+        granted, attributes("GET", "/api/v1/namespaces", "watch=true") or Attributes("", "", "", "", "")
+    )
+    assert attributes("GET", "/version", "") is None
+    assert grants(objs, "istio-system", "istiod") == []
+    assert all(isinstance(g, Grant) for g in granted)
