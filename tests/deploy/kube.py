@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -84,3 +85,36 @@ def flag(args: list[str], name: str) -> str | None:
         if arg == name and i + 1 < len(args):
             return args[i + 1]
     return None
+
+
+def discovery(dep: Obj) -> Obj:
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    found: Obj = next(c for c in containers if c["name"] == "discovery")
+    return found
+
+
+def without_kubeconfig_wiring(container: Obj, mounts: set[str]) -> Obj:
+    c = copy.deepcopy(container)
+    c["env"] = [e for e in c["env"] if e["name"] != "KUBECONFIG"]
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] not in mounts]
+    return c
+
+
+def kubeconfig_of(objs: list[Obj], dep: Obj) -> tuple[Obj, str]:
+    """The kubeconfig istiod reads (KUBECONFIG -> mount -> ConfigMap volume -> ConfigMap key)."""
+    c = discovery(dep)
+    path = next(e["value"] for e in c["env"] if e["name"] == "KUBECONFIG")
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/"))
+    key = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+    volume = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    cm = one(objs, "ConfigMap", volume["configMap"]["name"])
+    assert cm["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    doc: Obj = yaml.safe_load(cm["data"][key])
+    return doc, mount["name"]
+
+
+def current(kubeconfig: Obj) -> tuple[Obj, Obj]:
+    ctx = next(c for c in kubeconfig["contexts"] if c["name"] == kubeconfig["current-context"])["context"]
+    cluster = next(c for c in kubeconfig["clusters"] if c["name"] == ctx["cluster"])["cluster"]
+    user = next(u for u in kubeconfig["users"] if u["name"] == ctx["user"])["user"]
+    return cluster, user

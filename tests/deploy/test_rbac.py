@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import signal
-import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 
 from discofilter.simapi import REQUEST_LOG, RecordedRequest, SimSettings, Store, build_app
-from tests.deploy.kube import ISTIOD, MANIFESTS, Obj, build, build_component, find, flag
+from tests.deploy.kube import (
+    ISTIOD,
+    MANIFESTS,
+    Obj,
+    build,
+    build_component,
+    current,
+    find,
+    flag,
+    kubeconfig_of,
+    kubectl,
+    one,
+)
 from tests.deploy.rbac import Attributes, Grant, allowed, attributes, grants, rule_allows
 from tests.harness import free_port, write_kubeconfig
 
@@ -40,6 +54,8 @@ def store() -> Store:
     s.create(
         "configmaps", {"metadata": {"name": "istio-canary"}, "data": {"mesh": ""}}, namespace="istio-system"
     )
+    for ns in ("mesh-a", "plain-b"):
+        s.create("services", {"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}, namespace=ns)
     return s
 
 
@@ -81,22 +97,58 @@ def swapped_args(args: list[str], listen: int, health: int, tls: tuple[str, str]
     return out
 
 
-async def run_discofilter(objs: list[Obj], tmp_path: Path) -> tuple[list[RecordedRequest], int, str]:
-    """Runs discofilter as rendered; returns the requests simapi saw, its exit code and its log."""
+async def istiod_lists_services(istiod_kubeconfig: Obj, port: int, tmp_path: Path, tls: bool) -> set[str]:
+    """kubectl as istiod: with istiod's rendered kubeconfig, only the address and file paths swapped
+    (and the TLS server name kept, since the test's discofilter is on 127.0.0.1)."""
+    kc = copy.deepcopy(istiod_kubeconfig)
+    cluster, user = current(kc)
+    url = urlsplit(cluster["server"])
+    cluster["server"] = f"{url.scheme}://127.0.0.1:{port}"
+    if tls:
+        cluster["tls-server-name"] = url.hostname
+        cluster["certificate-authority"] = str(tmp_path / "ca.crt")
+        (tmp_path / "token").write_text(ADMIN)
+        user["tokenFile"] = str(tmp_path / "token")
+    path = tmp_path / "istiod.kubeconfig"
+    path.write_text(yaml.safe_dump(kc))
+    template = "{range .items[*]}{.metadata.namespace}/{.metadata.name}{'\\n'}{end}"
+    proc = await asyncio.create_subprocess_exec(
+        kubectl(),
+        "--kubeconfig",
+        str(path),
+        "get",
+        "services",
+        "-A",
+        "-o",
+        f"jsonpath={template}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return set(out.decode().split())
+
+
+async def run_discofilter(
+    objs: list[Obj], istiod_kubeconfig: Obj, tmp_path: Path
+) -> tuple[list[RecordedRequest], int, str]:
+    """Runs discofilter as rendered, and kubectl through it as istiod would connect; returns the
+    requests simapi saw, discofilter's exit code and its log."""
     dep, c = container(objs)
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     s = store()
     async with simapi(s) as (url, app):
         kubeconfig = write_kubeconfig(tmp_path / "own.kubeconfig", url, token=OWN)
         tls = None
-        ca_file = None
         if flag(c["args"], "--tls-cert-file"):
             ca = trustme.CA()
-            cert = ca.issue_cert("127.0.0.1")
+            server = urlsplit(current(istiod_kubeconfig)[0]["server"]).hostname
+            assert server is not None
+            cert = ca.issue_cert(server)
             cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls.crt"))
             cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
             ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
-            tls, ca_file = (str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")), str(tmp_path / "ca.crt")
+            tls = (str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
         port, hport = free_port(), free_port()
         args = swapped_args(c["args"], port, hport, tls)
         log = tmp_path / "discofilter.log"
@@ -128,15 +180,9 @@ async def run_discofilter(objs: list[Obj], tmp_path: Path) -> tuple[list[Recorde
                     }
 
                 await wait_for(watching, proc, log)
-                if tls is not None:
-                    # A client's request goes out with the client's token, never discofilter's.
-                    ssl_ctx = ssl.create_default_context(cafile=ca_file)
-                    async with http.get(
-                        f"https://127.0.0.1:{port}/api/v1/pods",
-                        headers={"Authorization": f"Bearer {ADMIN}"},
-                        ssl=ssl_ctx,
-                    ) as resp:
-                        assert resp.status == 200
+                # istiod, through discofilter, sees the mesh namespace's Service only.
+                seen = await istiod_lists_services(istiod_kubeconfig, port, tmp_path, tls is not None)
+                assert seen == {"mesh-a/web"}
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -171,10 +217,17 @@ async def wait_for(check: Callable[[], Awaitable[bool]], proc: asyncio.subproces
     pytest.fail(f"discofilter never got there: {log.read_text()}")
 
 
+def from_kubectl(r: RecordedRequest) -> bool:
+    # Debian's kubectl is a dispatcher that first asks /version which kubectl to run.
+    return (r.header("User-Agent") or "").startswith(("kubectl/", "kubectl-dispatcher/"))
+
+
 def own_attributes(log: list[RecordedRequest]) -> list[Attributes]:
+    """discofilter's own calls. In the sidecar, istiod's requests (kubectl here) go out with the same
+    token, lent; they are istiod's calls, authorized by istiod's own Roles, so they are left out."""
     found = []
     for r in log:
-        if r.header("Authorization") == f"Bearer {OWN}":
+        if r.header("Authorization") == f"Bearer {OWN}" and not from_kubectl(r):
             a = attributes(r.method, r.path, r.query)
             assert a is not None, f"discofilter called a non-resource URL {r.path}"
             found.append(a)
@@ -188,21 +241,30 @@ FLAVOURS = {
 }
 
 
-def rendered(flavour: str, tmp_path: Path) -> list[Obj]:
+def rendered(flavour: str, tmp_path: Path) -> tuple[list[Obj], Obj]:
+    """The flavour's objects, and the kubeconfig it gives istiod."""
     if flavour == "sidecar":
-        return build_component(MANIFESTS / "sidecar", ISTIOD, tmp_path / "render")
-    return build(MANIFESTS / flavour)
+        objs = build_component(MANIFESTS / "sidecar", ISTIOD, tmp_path / "render")
+        istiod = objs
+    else:
+        objs = build(MANIFESTS / flavour)
+        istiod = build_component(MANIFESTS / flavour / "istiod-client", ISTIOD, tmp_path / "render")
+    kubeconfig, _ = kubeconfig_of(istiod, one(istiod, "Deployment", "istiod"))
+    return objs, kubeconfig
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
 async def test_rbac_grants_exactly_what_discofilter_calls(flavour: str, tmp_path: Path) -> None:
-    objs = rendered(flavour, tmp_path)
+    objs, istiod_kubeconfig = rendered(flavour, tmp_path)
     namespace, account = FLAVOURS[flavour]
     dep, _ = container(objs)
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == account
     granted = grants(objs, namespace, account)
-    log, rc, text = await run_discofilter(objs, tmp_path)
+    log, rc, text = await run_discofilter(objs, istiod_kubeconfig, tmp_path)
     assert rc == 0, text
+    # istiod's requests carried istiod's credentials: its own token over TLS, the lent one in the sidecar.
+    istiod_auth = {r.header("Authorization") for r in log if from_kubectl(r)}
+    assert istiod_auth == {f"Bearer {OWN if flavour == 'sidecar' else ADMIN}"}
     own = own_attributes(log)
     assert {(a.verb, a.resource) for a in own} == {
         ("list", "namespaces"),
