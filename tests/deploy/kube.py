@@ -118,3 +118,14 @@ def current(kubeconfig: Obj) -> tuple[Obj, Obj]:
     cluster = next(c for c in kubeconfig["clusters"] if c["name"] == ctx["cluster"])["cluster"]
     user = next(u for u in kubeconfig["users"] if u["name"] == ctx["user"])["user"]
     return cluster, user
+
+
+def discofilter_containers(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
+    """(Deployment, container) for every discofilter container, sidecar (init) containers included."""
+    found = []
+    for dep in find(objs, "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            if c["name"] == "discofilter":
+                found.append((dep, c))
+    return found

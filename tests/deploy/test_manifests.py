@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from tests.deploy.kube import MANIFESTS, Obj, find, flag, kustomize_dirs, render
+from tests.deploy.kube import MANIFESTS, Obj, discofilter_containers, flag, kustomize_dirs, render
 
 DIRS = kustomize_dirs()
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -57,15 +57,9 @@ def test_the_validator_rejects_what_it_should() -> None:
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
 
 
-def discofilter_containers(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
-    """(pod spec, container) for every discofilter container in the rendered Deployments."""
-    found = []
-    for dep in find(objs, "Deployment"):
-        spec = dep["spec"]["template"]["spec"]
-        for c in spec.get("containers", []) + spec.get("initContainers", []):
-            if c["name"] == "discofilter":
-                found.append((spec, c))
-    return found
+def pods(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
+    """(pod spec, container) for every discofilter container."""
+    return [(dep["spec"]["template"]["spec"], c) for dep, c in discofilter_containers(objs)]
 
 
 def effective(pod: Obj, container: Obj, key: str) -> Any:
@@ -74,7 +68,7 @@ def effective(pod: Obj, container: Obj, key: str) -> Any:
 
 
 def test_discofilter_pods_meet_the_restricted_pod_security_standard(rendered: list[Obj]) -> None:
-    for pod, c in discofilter_containers(rendered):
+    for pod, c in pods(rendered):
         sc = c["securityContext"]
         assert effective(pod, c, "runAsNonRoot") is True
         assert isinstance(effective(pod, c, "runAsUser"), int) and effective(pod, c, "runAsUser") > 0
@@ -86,7 +80,7 @@ def test_discofilter_pods_meet_the_restricted_pod_security_standard(rendered: li
 
 
 def test_discofilter_pods_have_resources_probes_and_a_grace_period(rendered: list[Obj]) -> None:
-    for pod, c in discofilter_containers(rendered):
+    for pod, c in pods(rendered):
         res = c["resources"]
         assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
         health = flag(c["args"], "--health-listen")
@@ -108,8 +102,16 @@ def test_discofilter_pods_have_resources_probes_and_a_grace_period(rendered: lis
 
 
 def test_no_manifest_lends_credentials_off_loopback(rendered: list[Obj]) -> None:
-    for _, c in discofilter_containers(rendered):
+    for _, c in pods(rendered):
         if "--upstream-credentials" in c["args"]:
             listen = flag(c["args"], "--listen")
             assert listen is not None and listen.startswith("127.0.0.1:"), listen
             assert flag(c["args"], "--tls-cert-file") is None
+
+
+@pytest.mark.parametrize("flavour", ["sidecar", "standalone"])
+def test_each_way_of_running_it_has_one_discofilter_container(
+    flavour: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The pod checks above go over every discofilter container; here is proof there is one to check.
+    assert len(pods(render(MANIFESTS / flavour, tmp_path_factory.mktemp(flavour)))) == 1

@@ -2,17 +2,17 @@
 
 A real ``discofilter serve`` (a subprocess, with the args of the rendered container, only addresses and
 file paths swapped for the test's) runs against simapi; every request carrying discofilter's own token
-is recorded and checked against the rendered Roles bound to its ServiceAccount.
+is recorded and checked against the rendered Roles bound to its ServiceAccount. kubectl then connects
+through it with the kubeconfig the flavour gives istiod, as istiod would.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,9 +20,8 @@ import aiohttp
 import pytest
 import trustme
 import yaml
-from aiohttp import web
 
-from discofilter.simapi import REQUEST_LOG, RecordedRequest, SimSettings, Store, build_app
+from discofilter.simapi import REQUEST_LOG, RecordedRequest, Store
 from tests.deploy.kube import (
     ISTIOD,
     MANIFESTS,
@@ -30,7 +29,7 @@ from tests.deploy.kube import (
     build,
     build_component,
     current,
-    find,
+    discofilter_containers,
     flag,
     kubeconfig_of,
     kubectl,
@@ -38,9 +37,9 @@ from tests.deploy.kube import (
 )
 from tests.deploy.rbac import Attributes, Grant, allowed, attributes, grants, rule_allows
 from tests.harness import free_port, write_kubeconfig
+from tests.test_e2e import ADMIN, OWN
+from tests.test_meshwatch import simapi
 
-OWN = "discofilter-token"
-ADMIN = "admin-token"
 MESH = "discoverySelectors:\n- matchLabels: {istio-injection: enabled}\n"
 
 
@@ -59,37 +58,18 @@ def store() -> Store:
     return s
 
 
-@contextlib.asynccontextmanager
-async def simapi(s: Store) -> AsyncIterator[tuple[str, web.Application]]:
-    settings = SimSettings(
-        bookmark_interval=0.5, bookmark_lead=0.2, tokens={OWN: "discofilter", ADMIN: "admin"}
-    )
-    app = build_app(s, settings)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", app
-    finally:
-        await runner.cleanup()
-
-
 def container(objs: list[Obj]) -> tuple[Obj, Obj]:
     """(Deployment, discofilter container) of a rendered flavour."""
-    for dep in find(objs, "Deployment"):
-        spec = dep["spec"]["template"]["spec"]
-        for c in spec.get("containers", []) + spec.get("initContainers", []):
-            if c["name"] == "discofilter":
-                return dep, c
-    raise AssertionError("no discofilter container")
+    (found,) = discofilter_containers(objs)
+    return found
 
 
 def swapped_args(args: list[str], listen: int, health: int, tls: tuple[str, str] | None) -> list[str]:
     """The rendered args with the listeners on free loopback ports and the TLS files swapped."""
-    keep = [a for a in args if not a.startswith(("--listen", "--health-listen", "--tls-"))]
-    assert len(keep) == len(args) - sum(
-        1 for a in args if a.startswith(("--listen", "--health-listen", "--tls-"))
-    )
+    swapped = ("--listen", "--health-listen", "--tls-")
+    # The manifests write --flag=value, so dropping one argument drops the whole flag.
+    assert all("=" in a for a in args if a.startswith(swapped)), args
+    keep = [a for a in args if not a.startswith(swapped)]
     out = [*keep, f"--listen=127.0.0.1:{listen}", f"--health-listen=127.0.0.1:{health}"]
     if tls is not None:
         assert flag(args, "--tls-cert-file") and flag(args, "--tls-key-file")
@@ -137,7 +117,8 @@ async def run_discofilter(
     dep, c = container(objs)
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     s = store()
-    async with simapi(s) as (url, app):
+    async with simapi(s) as sim:
+        url, app = sim.url, sim.app
         kubeconfig = write_kubeconfig(tmp_path / "own.kubeconfig", url, token=OWN)
         tls = None
         if flag(c["args"], "--tls-cert-file"):
