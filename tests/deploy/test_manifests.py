@@ -90,12 +90,16 @@ def test_discofilter_pods_have_resources_probes_and_a_grace_period(rendered: lis
         assert host == "0.0.0.0", host
         ports = {p["containerPort"]: p.get("name") for p in c["ports"]}
         probes = [c[k] for k in ("livenessProbe", "readinessProbe", "startupProbe") if k in c]
-        assert {p["httpGet"]["path"] for p in probes} >= {"/healthz", "/readyz"}
         for probe in probes:
             target = probe["httpGet"]["port"]
             assert target == int(port) or ports.get(int(port)) == target, probe
+        # Liveness asks only whether the process runs; /readyz (membership synced) gates traffic: the
+        # standalone's readiness, or, in istiod's pod, istiod's start (startup probe of a native sidecar).
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        gate = c.get("readinessProbe") or c["startupProbe"]
+        assert gate["httpGet"]["path"] == "/readyz"
+        if c.get("restartPolicy") == "Always":
+            assert "readinessProbe" not in c, "a sidecar's readiness would decide istiod's pod readiness"
         # discofilter gives in-flight requests 10 s after SIGTERM (ServerSettings.shutdown_grace_seconds).
         assert pod["terminationGracePeriodSeconds"] > 10
         assert c["args"][0] == "serve"
