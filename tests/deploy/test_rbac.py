@@ -21,6 +21,7 @@ import pytest
 import trustme
 import yaml
 
+from discofilter.cli import build_parser
 from discofilter.simapi import REQUEST_LOG, RecordedRequest, Store
 from tests.deploy.kube import (
     DATA,
@@ -65,13 +66,22 @@ def container(objs: list[Obj]) -> tuple[Obj, Obj]:
     return found
 
 
+def serve_takes(option: str) -> bool:
+    """Whether this discofilter's ``serve`` has ``option`` (flags land on main from several branches)."""
+    _, unknown = build_parser().parse_known_args(["serve", f"{option}=127.0.0.1:1"])
+    return not unknown
+
+
 def swapped_args(args: list[str], listen: int, health: int, tls: tuple[str, str] | None) -> list[str]:
-    """The rendered args with the listeners on free loopback ports and the TLS files swapped."""
-    swapped = ("--listen", "--health-listen", "--tls-")
+    """The rendered args with every listener on a free loopback port and the TLS files swapped."""
+    swapped = ("--listen", "--health-listen", "--metrics-listen", "--tls-")
     # The manifests write --flag=value, so dropping one argument drops the whole flag.
     assert all("=" in a for a in args if a.startswith(swapped)), args
     keep = [a for a in args if not a.startswith(swapped)]
     out = [*keep, f"--listen=127.0.0.1:{listen}", f"--health-listen=127.0.0.1:{health}"]
+    if serve_takes("--metrics-listen"):
+        # Its default port is fixed: a free one keeps parallel test runs apart.
+        out.append(f"--metrics-listen=127.0.0.1:{free_port()}")
     if tls is not None:
         assert flag(args, "--tls-cert-file") and flag(args, "--tls-key-file")
         out += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
