@@ -97,7 +97,7 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # eq=False keeps it hashable: the registry keys on collectors
 class DiscofilterCollector(Collector):
     """Reads the proxy's, registry's and tracker's plain counters at scrape time."""
 
