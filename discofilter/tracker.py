@@ -36,6 +36,10 @@ log = logging.getLogger("discofilter.tracker")
 RawDict = dict[str, Any]
 
 
+OPEN = "OPEN"
+"""Not a Kubernetes event type: a source's sign that the watch was accepted (see ``NamespaceSource``)."""
+
+
 class ExpiredError(UpstreamError):
     """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
 
@@ -46,7 +50,12 @@ class NamespaceSource(Protocol):
         ...
 
     def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:
-        """WATCH namespaces from ``resource_version`` with bookmarks: yields (type, object)."""
+        """WATCH namespaces from ``resource_version`` with bookmarks: yields (type, object).
+
+        May first yield ``("OPEN", {})`` once the API server has accepted the watch: from then on the
+        stream replays every change since ``resource_version``, so membership is as current as the API
+        server's, even if no namespace changes for a long time (``fresh`` needs to know that).
+        """
         ...
 
 
@@ -89,6 +98,7 @@ class KubernetesNamespaceSource:
             raise _api_error(exc) from exc
         framer = LineFramer()
         async with resp:
+            yield OPEN, {}
             async for chunk in resp.content.iter_any():
                 for line in framer.feed(chunk):
                     event = orjson.loads(line)
@@ -228,6 +238,11 @@ class NamespaceTracker:
                     self._failing()
                     log.warning("namespace watch silent for %.0f s; reconnecting from rv %s", inactivity, rv)
                     return rv
+                if etype == OPEN:
+                    # Accepted by the API server: not an event (the short-watch guard still applies),
+                    # but the failure, if any, is over.
+                    self.failing_since = None
+                    continue
                 got_any = True
                 self._contact()
                 if etype == "ERROR":
