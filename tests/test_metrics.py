@@ -7,6 +7,8 @@ derived from the capture (its bytes, or manifest.json), never from discofilter's
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from pathlib import Path
 
@@ -179,3 +181,18 @@ async def test_unreachable_api_server_is_an_upstream_error(tmp_path: Path) -> No
     assert status == 502
     assert value(samples, "discofilter_upstream_errors_total", kind="unreachable") == 1
     assert value(samples, "discofilter_requests_total", verb="list", resource="pods", code="502") == 1
+
+
+async def test_every_metric_of_the_grafana_dashboard_is_exported(tmp_path: Path) -> None:
+    dashboard = Path(__file__).resolve().parents[1] / "manifests" / "grafana" / "discofilter-dashboard.json"
+    doc = json.loads(dashboard.read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|total|count|sum)$", "", m) for e in exprs for m in METRIC.findall(e)}
+    assert len(used) > 15
+    async with stack(tmp_path, {}) as (df, _, _), aiohttp.ClientSession() as s, s.get(df.metrics_url) as r:
+        text = await r.text()
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    assert used <= exported, used - exported
+
+
+METRIC = re.compile(r"\b((?:discofilter|process)_[a-z_]+)\b")
