@@ -162,7 +162,7 @@ def build_health_app(runtime: Runtime) -> web.Application:
 
 
 def build_metrics_listener_app(runtime: Runtime) -> web.Application:
-    return build_metrics_app(runtime.proxy, runtime.tracker, runtime.membership)
+    return build_metrics_app(runtime.proxy, runtime.tracker, runtime.membership, runtime.mesh)
 
 
 @contextlib.asynccontextmanager

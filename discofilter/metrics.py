@@ -25,7 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from discofilter.core.membership import Membership
-from discofilter.core.routing import RouteKind, classify
+from discofilter.core.routing import GO_TRUE, RouteKind, classify
+from discofilter.meshwatch import MeshWatcher
 from discofilter.proxy import Proxy
 from discofilter.stats import OTHER, Histogram, WatchTotals
 from discofilter.tracker import NamespaceTracker
@@ -35,18 +36,46 @@ access_log = logging.getLogger("discofilter.requests")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_PASSTHROUGH_VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
-_PASSTHROUGH_VERBS["DELETE"] = "delete"
+_WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def read_verb(path: str, watch_values: list[str]) -> str:
+    """``list``, ``watch`` or ``get`` for a pass-through read, as the API server's request info names it.
+
+    istiod watches far more than the four filtered collections (ConfigMaps, Secrets, Istio's CRDs...);
+    those pass through, and their watches must land with the watches, not in the latency histogram.
+    """
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return "get"  # /version, /openapi, /healthz...: not resources
+    legacy_watch = rest[:1] == ["watch"]
+    if legacy_watch:
+        rest = rest[1:]
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        rest = rest[2:]  # /namespaces/NS/RESOURCE...; /namespaces, /namespaces/NS[/status] are namespaces
+    if not rest:
+        return "get"  # discovery of a group version
+    if legacy_watch or any(v in GO_TRUE for v in watch_values):
+        return "watch"
+    return "list" if len(rest) == 1 else "get"
 
 
 def request_labels(request: web.Request) -> tuple[str, str]:
     """(verb, resource) of a proxy request, both from fixed sets."""
-    route = classify(request.method, request.raw_path.partition("?")[0], request.query.getall("watch", []))
+    path = request.raw_path.partition("?")[0]
+    watch_values = request.query.getall("watch", [])
+    route = classify(request.method, path, watch_values)
     if route.kind is RouteKind.LIST:
         return "list", route.resource or OTHER
     if route.kind is RouteKind.WATCH:
         return "watch", route.resource or OTHER
-    return _PASSTHROUGH_VERBS.get(request.method, "other"), OTHER
+    if request.method in ("GET", "HEAD"):
+        return read_verb(path, watch_values), OTHER
+    return _WRITE_VERBS.get(request.method, "other"), OTHER
 
 
 def make_request_metrics_middleware(
@@ -104,6 +133,7 @@ class DiscofilterCollector(Collector):
     proxy: Proxy
     tracker: NamespaceTracker
     membership: Membership
+    mesh: MeshWatcher | None = None
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # collected on demand; no fixed description needed (prometheus_client allows it)
@@ -112,6 +142,23 @@ class DiscofilterCollector(Collector):
         yield from self._watch_metrics()
         yield from self._request_metrics()
         yield from self._namespace_metrics()
+        if self.mesh is not None:
+            yield from self._mesh_metrics(self.mesh)
+
+    def _mesh_metrics(self, mesh: MeshWatcher) -> Iterator[Metric]:
+        versions = CounterMetricFamily(
+            "discofilter_mesh_config_versions",
+            "Versions of Istio's mesh config read: applied, or rejected (the last good selectors stay).",
+            labels=["outcome"],
+        )
+        versions.add_metric(["applied"], mesh.versions_applied)
+        versions.add_metric(["rejected"], mesh.versions_rejected)
+        yield versions
+        yield GaugeMetricFamily(
+            "discofilter_istiod_only_namespaces",
+            "Namespaces istiod's discoverySelectors admit but --namespace-selector excludes.",
+            value=mesh.istiod_only_namespaces,
+        )
 
     def _watch_metrics(self) -> Iterator[Metric]:
         stats = self.proxy.stats
@@ -247,10 +294,12 @@ class DiscofilterCollector(Collector):
         )
 
 
-def build_metrics_app(proxy: Proxy, tracker: NamespaceTracker, membership: Membership) -> web.Application:
+def build_metrics_app(
+    proxy: Proxy, tracker: NamespaceTracker, membership: Membership, mesh: MeshWatcher | None = None
+) -> web.Application:
     """The /metrics listener: its own registry, so only discofilter's metrics (and the process ones) show."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DiscofilterCollector(proxy, tracker, membership))
+    registry.register(DiscofilterCollector(proxy, tracker, membership, mesh))
     ProcessCollector(registry=registry)  # CPU, RSS and open fds: the bench's questions, in production
 
     async def metrics(_: web.Request) -> web.Response:

@@ -10,12 +10,16 @@ import asyncio
 import json
 import re
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from discofilter.metrics import read_verb
+from discofilter.settings import MeshConfigSettings, Settings
 from tests import fixtures
 from tests.harness import running_discofilter, write_kubeconfig
 from tests.helpers import manifest_entry
@@ -162,7 +166,7 @@ async def test_passthrough_unparseable_and_upstream_errors(tmp_path: Path) -> No
         assert (await get(df.url + "/api/v1/pods"))[0] == 502
         await get(df.url + "/api/v1/namespaces/mesh-a/pods?watch=1")
         samples = await scrape(df.metrics_url)
-    assert value(samples, "discofilter_requests_total", verb="get", resource="other", code="404") == 1
+    assert value(samples, "discofilter_requests_total", verb="list", resource="other", code="404") == 1
     assert value(samples, "discofilter_requests_total", verb="list", resource="pods", code="502") == 1
     assert value(samples, "discofilter_unparseable_answers_total", verb="list") == 1
     assert value(samples, "discofilter_unparseable_answers_total", verb="watch") == 1
@@ -196,3 +200,59 @@ async def test_every_metric_of_the_grafana_dashboard_is_exported(tmp_path: Path)
 
 
 METRIC = re.compile(r"\b((?:discofilter|process)_[a-z_]+)\b")
+
+
+@pytest.mark.parametrize(
+    ("path", "watch", "verb"),
+    [
+        ("/api/v1/namespaces/mesh-a/configmaps", [], "list"),
+        ("/api/v1/namespaces/mesh-a/configmaps", ["true"], "watch"),
+        ("/api/v1/namespaces/mesh-a/configmaps/istio-ca-root-cert", [], "get"),
+        ("/api/v1/watch/namespaces/mesh-a/configmaps", [], "watch"),
+        ("/api/v1/namespaces", [], "list"),
+        ("/api/v1/namespaces", ["1"], "watch"),
+        ("/api/v1/namespaces/mesh-a", [], "get"),
+        ("/api/v1/namespaces/mesh-a/status", [], "get"),
+        ("/api/v1/nodes", ["false"], "list"),
+        ("/apis/networking.istio.io/v1alpha3/virtualservices", ["true"], "watch"),
+        ("/apis/networking.istio.io/v1alpha3/namespaces/mesh-a/virtualservices/reviews", [], "get"),
+        ("/apis/apps/v1", [], "get"),
+        ("/api", [], "get"),
+        ("/version", [], "get"),
+    ],
+)
+def test_pass_through_reads_are_named_as_the_api_server_names_them(
+    path: str, watch: list[str], verb: str
+) -> None:
+    assert read_verb(path, watch) == verb
+
+
+async def test_pass_through_watches_stay_out_of_the_latency_histogram(tmp_path: Path) -> None:
+    routes = {"/api/v1/namespaces/mesh-a/configmaps": "watch-pods.json"}  # any stream will do
+    async with stack(tmp_path, routes) as (df, _, _):
+        await get(df.url + "/api/v1/namespaces/mesh-a/configmaps?watch=true")
+        await get(df.url + "/api/v1/namespaces/mesh-a/configmaps")
+        samples = await scrape(df.metrics_url)
+    assert value(samples, "discofilter_requests_total", verb="watch", resource="other", code="200") == 1
+    assert value(samples, "discofilter_requests_total", verb="list", resource="other", code="200") == 1
+    assert value(samples, "discofilter_watch_duration_seconds_count", resource="other") == 1
+    assert value(samples, "discofilter_request_duration_seconds_count", verb="list", resource="other") == 1
+    assert not [
+        k for k in samples if k[0].startswith("discofilter_request_duration") and ("verb", "watch") in k[1]
+    ]
+
+
+async def test_mesh_config_versions_are_counted(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh"
+    mesh.write_text("discoverySelectors:\n- matchLabels: {istio-injection: enabled}\n")
+    settings = replace(Settings(), mesh=MeshConfigSettings(path=str(mesh), poll_seconds=0.02))
+    async with stack(tmp_path, {}, settings=settings) as (df, _, _):
+        samples = await scrape(df.metrics_url)
+        assert value(samples, "discofilter_mesh_config_versions_total", outcome="applied") == 1
+        mesh.write_text("discoverySelectors: [{matchExpressions: [{key: a, operator: Gt, values: ['1']}]}]\n")
+        assert df.runtime.mesh is not None
+        while df.runtime.mesh.versions_rejected == 0:
+            await asyncio.sleep(0.02)
+        samples = await scrape(df.metrics_url)
+    assert value(samples, "discofilter_mesh_config_versions_total", outcome="rejected") == 1
+    assert value(samples, "discofilter_mesh_namespaces") == len(MESH) - 1  # mesh-rev has only istio.io/rev
