@@ -157,6 +157,9 @@ class NamespaceTracker:
         self.failing_since: float | None = None
         """Monotonic time the list/watch started failing (a backoff, or a silent watch); None once
         anything arrives again."""
+        self._silent = False
+        """The last watch went silent past ``inactivity_seconds``: an accepted watch alone is then no
+        proof of health (a server that accepts and says nothing would look healthy forever)."""
 
     @property
     def healthy(self) -> bool:
@@ -177,6 +180,7 @@ class NamespaceTracker:
     def _contact(self) -> None:
         self.last_contact = self.clock()
         self.failing_since = None
+        self._silent = False
 
     def _failing(self) -> None:
         if self.failing_since is None:
@@ -236,12 +240,14 @@ class NamespaceTracker:
                     break
                 except TimeoutError:
                     self._failing()
+                    self._silent = True
                     log.warning("namespace watch silent for %.0f s; reconnecting from rv %s", inactivity, rv)
                     return rv
                 if etype == OPEN:
                     # Accepted by the API server: not an event (the short-watch guard still applies),
-                    # but the failure, if any, is over.
-                    self.failing_since = None
+                    # but a failure to connect is over.
+                    if not self._silent:
+                        self.failing_since = None
                     continue
                 got_any = True
                 self._contact()

@@ -7,7 +7,7 @@ API server, stops the server for longer than the stale bound and starts it again
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from discofilter.core.membership import Membership
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS
 from discofilter.settings import NamespaceWatchSettings, Settings
 from discofilter.simapi import SimSettings, Store, build_app
-from discofilter.tracker import NamespaceTracker
+from discofilter.tracker import OPEN, NamespaceTracker, RawDict
 from tests import fixtures
 from tests.fakes import FakeNamespaceSource
 from tests.harness import running_discofilter, write_kubeconfig
@@ -122,3 +122,36 @@ async def test_a_quiet_watch_stays_fresh_and_staleness_counts_from_the_last_cont
 
 async def _async(value: bool) -> bool:
     return value
+
+
+class AcceptingFake(FakeNamespaceSource):
+    """The in-memory source, saying OPEN when a watch starts, as the kubernetes-asyncio source does."""
+
+    async def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:
+        if self.fail_next:  # refused before any answer, like a failed connect
+            raise self.fail_next.pop(0)
+        yield OPEN, {}
+        async for item in super().watch(resource_version, timeout_seconds):
+            yield item
+
+
+async def test_a_watch_that_goes_silent_needs_an_event_not_just_a_reconnect() -> None:
+    src = AcceptingFake()
+    settings = replace(QUICK, inactivity_seconds=0.2, max_stale_seconds=0.3)
+    tracker = NamespaceTracker(Membership(DEFAULT_MESH_SELECTORS), src, settings, lambda _: None)
+    task = asyncio.create_task(tracker.run())
+    try:
+        await asyncio.wait_for(tracker.ready.wait(), 5)
+        # Nothing arrives: each watch is accepted, then stays silent past the inactivity bound.
+        await until(lambda: _async(src.watches >= 3 and not tracker.fresh()))
+        since, seen = tracker.failing_since, src.watches
+        assert since is not None
+        await until(lambda: _async(src.watches >= seen + 2))  # two more accepted, silent watches
+        assert tracker.failing_since == since  # neither reconnect counted as recovery
+        assert not tracker.fresh()
+        src.add("a")  # the next event, on the watch open now
+        await until(lambda: _async(tracker.fresh()))
+        assert tracker.failing_since is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
