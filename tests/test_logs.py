@@ -109,7 +109,7 @@ async def test_json_logs_of_the_real_command(tmp_path: Path) -> None:
             proxy = f"http://{start['listen']}"
             assert start["upstream"] == url
             health, metrics = f"http://{start['health_listen']}", f"http://{start['metrics_listen']}"
-            assert (await get(health + "/readyz"))[0] == 200
+            await asyncio.wait_for(until_ready(health), 30)  # the listeners open before membership syncs
             assert (await get(metrics + "/metrics"))[0] == 200
             assert (await get(proxy + "/api/v1/pods"))[0] == 200  # no line for it at info
 
@@ -130,6 +130,11 @@ async def test_json_logs_of_the_real_command(tmp_path: Path) -> None:
     assert any(d["message"].startswith("shutting down") for d in docs)
 
 
+async def until_ready(health: str) -> None:
+    while (await get(health + "/readyz"))[0] != 200:
+        await asyncio.sleep(0.05)
+
+
 async def _until_open(metrics: str) -> None:
     while b'discofilter_open_watches{resource="pods"} 1.0' not in (await get(metrics + "/metrics"))[1]:
         await asyncio.sleep(0.05)
@@ -141,6 +146,8 @@ async def test_debug_level_logs_one_line_per_request_and_text_is_the_default(tmp
         async with Serve(kc, "--log-level=debug") as df:
             start = await df.until("discofilter listening")
             proxy = "http://" + start.split("discofilter listening on http://")[1].split(" ")[0]
+            health = "http://" + start.split("(health on ")[1].split(",")[0]
+            await asyncio.wait_for(until_ready(health), 30)
             assert (await get(proxy + "/api/v1/pods"))[0] == 200
             line = await df.until("discofilter.requests")
     assert " DEBUG discofilter.requests: list pods /api/v1/pods 200 " in line
