@@ -53,6 +53,7 @@ from discofilter.kubeapi import (
     proto_error_event,
 )
 from discofilter.settings import Settings
+from discofilter.stats import FilterCounts, ProxyStats
 from discofilter.upstream import Upstream
 
 log = logging.getLogger("discofilter.proxy")
@@ -84,6 +85,8 @@ class OpenWatch:
     upstream: aiohttp.ClientResponse | None = None
     expired: bool = False
     """Set when a membership change ended this watch: the client gets a 410 and relists."""
+    filter: StreamFilter | None = None
+    """The watch's filter, whose event and byte counts /metrics reads while the watch is open."""
 
 
 @dataclass(slots=True)
@@ -94,13 +97,23 @@ class WatchRegistry:
     expired_total: int = 0
 
     def on_change(self, changed: frozenset[str]) -> None:
+        ended: dict[str, int] = {}
         for w in list(self.watches):
             if w.expired or (w.namespace is not None and w.namespace not in changed):
                 continue
             w.expired = True
             self.expired_total += 1
+            ended[w.resource] = ended.get(w.resource, 0) + 1
             if w.upstream is not None:
                 end_upstream(w.upstream)
+        if ended:
+            # One line per change, not per watch: a change can end every istiod's every informer at once.
+            log.info(
+                "membership change ended %d open watches with 410 Expired (%s); clients relist",
+                sum(ended.values()),
+                ", ".join(f"{r} {n}" for r, n in sorted(ended.items())),
+                extra={"watches_ended": ended},
+            )
 
 
 class Proxy:
@@ -121,6 +134,7 @@ class Proxy:
         self.ledger = ResumeLedger()
         self.malformed_streams = 0
         """Filtered answers ended because the upstream bytes could not be parsed (never forwarded)."""
+        self.stats = ProxyStats()
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -192,6 +206,7 @@ class Proxy:
                 read_bufsize=self.settings.watch.read_chunk_bytes,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stats.upstream_error("unreachable")
             raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
 
     @staticmethod
@@ -217,6 +232,7 @@ class Proxy:
             await out.write_eof()
             return out
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
             raise _Abort from exc
         finally:
@@ -258,6 +274,7 @@ class Proxy:
                 chunks.append(chunk)
             body = b"".join(chunks)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             raise UpstreamError(f"API server ended the LIST answer early: {exc}") from exc
         finally:
             resp.release()
@@ -274,7 +291,18 @@ class Proxy:
         else:
             raise StreamFramingError(f"API server answered a filtered LIST with {ctype!r}: cannot filter it")
         generation = self.membership.generation
-        result = filter_body(body, self._members_for(route))
+        try:
+            result = filter_body(body, self._members_for(route))
+        except StreamFramingError:
+            self.stats.malformed_lists += 1
+            raise
+        self.stats.list_filtered(
+            route.resource or "",
+            items_in=result.items_in,
+            items_kept=result.items_kept,
+            bytes_in=len(body),
+            bytes_out=len(result.body),
+        )
         if result.resource_version is not None:
             self.ledger.record_page(
                 route.resource or "",
@@ -333,6 +361,8 @@ class Proxy:
             return await self._relay_watch(request, raw, route, watch)
         finally:
             self.registry.watches.discard(watch)
+            if watch.filter is not None:
+                self.stats.watch_ended(watch.resource, watch.filter)
 
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
@@ -370,6 +400,7 @@ class Proxy:
                 raise StreamFramingError(
                     f"API server answered a filtered WATCH with {ctype!r}: cannot filter it"
                 )
+            watch.filter = wf
             out = web.StreamResponse(status=200, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
@@ -412,11 +443,12 @@ class Proxy:
             return f"malformed upstream watch stream: {exc}"
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if not watch.expired:
+                self.stats.upstream_error("ended_early")
                 log.info("upstream watch connection ended: %s", exc)
         return None
 
 
-class StreamFilter(Protocol):
+class StreamFilter(FilterCounts, Protocol):
     """What the relay needs of a watch filter: the JSON line filter and the protobuf frame filter."""
 
     last_kept: bytes | None
