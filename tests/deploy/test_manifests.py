@@ -100,6 +100,11 @@ def test_discofilter_pods_have_resources_probes_and_a_grace_period(rendered: lis
         assert gate["httpGet"]["path"] == "/readyz"
         if c.get("restartPolicy") == "Always":
             assert "readinessProbe" not in c, "a sidecar's readiness would decide istiod's pod readiness"
+        metrics = flag(c["args"], "--metrics-listen")
+        assert metrics is not None, "operators scrape /metrics"
+        mhost, mport = metrics.rsplit(":", 1)
+        # Prometheus scrapes the pod IP too.
+        assert mhost == "0.0.0.0" and int(mport) in ports, metrics
         # discofilter gives in-flight requests 10 s after SIGTERM (ServerSettings.shutdown_grace_seconds).
         assert pod["terminationGracePeriodSeconds"] > 10
         assert c["args"][0] == "serve"

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 import trustme
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from discofilter.cli import build_parser
 from discofilter.simapi import REQUEST_LOG, RecordedRequest, Store
 from tests.deploy.kube import (
     DATA,
@@ -66,26 +66,34 @@ def container(objs: list[Obj]) -> tuple[Obj, Obj]:
     return found
 
 
-def serve_takes(option: str) -> bool:
-    """Whether this discofilter's ``serve`` has ``option`` (flags land on main from several branches)."""
-    _, unknown = build_parser().parse_known_args(["serve", f"{option}=127.0.0.1:1"])
-    return not unknown
-
-
-def swapped_args(args: list[str], listen: int, health: int, tls: tuple[str, str] | None) -> list[str]:
+def swapped_args(
+    args: list[str], listen: int, health: int, metrics: int, tls: tuple[str, str] | None
+) -> list[str]:
     """The rendered args with every listener on a free loopback port and the TLS files swapped."""
     swapped = ("--listen", "--health-listen", "--metrics-listen", "--tls-")
     # The manifests write --flag=value, so dropping one argument drops the whole flag.
     assert all("=" in a for a in args if a.startswith(swapped)), args
+    assert flag(args, "--metrics-listen")
     keep = [a for a in args if not a.startswith(swapped)]
     out = [*keep, f"--listen=127.0.0.1:{listen}", f"--health-listen=127.0.0.1:{health}"]
-    if serve_takes("--metrics-listen"):
-        # Its default port is fixed: a free one keeps parallel test runs apart.
-        out.append(f"--metrics-listen=127.0.0.1:{free_port()}")
+    out.append(f"--metrics-listen=127.0.0.1:{metrics}")
     if tls is not None:
         assert flag(args, "--tls-cert-file") and flag(args, "--tls-key-file")
         out += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
     return out
+
+
+async def list_items(http: aiohttp.ClientSession, url: str, resource: str) -> dict[str, float]:
+    """discofilter_list_items_total by outcome for ``resource``, scraped as Prometheus would."""
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "discofilter_list_items_total" and sample.labels["resource"] == resource
+    }
 
 
 async def istiod_lists_services(istiod_kubeconfig: Obj, port: int, tmp_path: Path, tls: bool) -> set[str]:
@@ -141,8 +149,8 @@ async def run_discofilter(
             cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
             ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
             tls = (str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
-        port, hport = free_port(), free_port()
-        args = swapped_args(c["args"], port, hport, tls)
+        port, hport, mport = free_port(), free_port(), free_port()
+        args = swapped_args(c["args"], port, hport, mport, tls)
         log = tmp_path / "discofilter.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -175,6 +183,9 @@ async def run_discofilter(
                 # istiod, through discofilter, sees the mesh namespace's Service only.
                 seen = await istiod_lists_services(istiod_kubeconfig, port, tmp_path, tls is not None)
                 assert seen == {"mesh-a/web"}
+                # ...and the runbook's metric shows what istiod was spared.
+                items = await list_items(http, f"http://127.0.0.1:{mport}/metrics", "services")
+                assert items == {"kept": 1, "dropped": 1}
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
