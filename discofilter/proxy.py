@@ -56,6 +56,7 @@ from discofilter.kubeapi import (
     proto_error_event,
 )
 from discofilter.settings import Settings
+from discofilter.stats import FilterCounts, ProxyStats
 from discofilter.upstream import Upstream
 
 log = logging.getLogger("discofilter.proxy")
@@ -100,6 +101,8 @@ class OpenWatch:
     """Set when a membership change ended this watch: the client gets a 410 and relists."""
     closing: EndReason | None = None
     """Set when discofilter ends this watch for its own reasons (shutdown, membership unknown)."""
+    filter: StreamFilter | None = None
+    """The watch's filter, whose event and byte counts /metrics reads while the watch is open."""
 
     @property
     def stopped(self) -> bool:
@@ -132,13 +135,23 @@ class WatchRegistry:
         return ended
 
     def on_change(self, changed: frozenset[str]) -> None:
+        ended: dict[str, int] = {}
         for w in list(self.watches):
             if w.expired or (w.namespace is not None and w.namespace not in changed):
                 continue
             w.expired = True
             self.expired_total += 1
+            ended[w.resource] = ended.get(w.resource, 0) + 1
             if w.upstream is not None:
                 end_upstream(w.upstream)
+        if ended:
+            # One line per change, not per watch: a change can end every istiod's every informer at once.
+            log.info(
+                "membership change ended %d open watches with 410 Expired (%s); clients relist",
+                sum(ended.values()),
+                ", ".join(f"{r} {n}" for r, n in sorted(ended.items())),
+                extra={"watches_ended": ended},
+            )
 
 
 class Proxy:
@@ -165,6 +178,7 @@ class Proxy:
         """Requests being handled now, watches included (logged at shutdown)."""
         self.membership_unknown_for: Callable[[], float] = lambda: 0.0
         """Seconds mesh membership has gone unconfirmed; the namespace tracker sets it (app.py)."""
+        self.stats = ProxyStats()
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -281,6 +295,7 @@ class Proxy:
                 read_bufsize=self.settings.watch.read_chunk_bytes,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stats.upstream_error("unreachable")
             raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
 
     @staticmethod
@@ -326,6 +341,7 @@ class Proxy:
             await out.write_eof()
             return out
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
             raise _Abort from exc
         except _SlowClient as exc:
@@ -378,6 +394,7 @@ class Proxy:
                 chunks.append(chunk)
             body = b"".join(chunks)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             raise UpstreamError(f"API server ended the LIST answer early: {exc}") from exc
         finally:
             resp.release()
@@ -394,7 +411,18 @@ class Proxy:
         else:
             raise StreamFramingError(f"API server answered a filtered LIST with {ctype!r}: cannot filter it")
         generation = self.membership.generation
-        result = filter_body(body, self._members_for(route))
+        try:
+            result = filter_body(body, self._members_for(route))
+        except StreamFramingError:
+            self.stats.malformed_lists += 1
+            raise
+        self.stats.list_filtered(
+            route.resource or "",
+            items_in=result.items_in,
+            items_kept=result.items_kept,
+            bytes_in=len(body),
+            bytes_out=len(result.body),
+        )
         if result.resource_version is not None:
             self.ledger.record_page(
                 route.resource or "",
@@ -460,6 +488,8 @@ class Proxy:
             return await self._relay_watch(request, raw, route, watch)
         finally:
             self.registry.watches.discard(watch)
+            if watch.filter is not None:
+                self.stats.watch_ended(watch.resource, watch.filter)
 
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
@@ -497,6 +527,7 @@ class Proxy:
                 raise StreamFramingError(
                     f"API server answered a filtered WATCH with {ctype!r}: cannot filter it"
                 )
+            watch.filter = wf
             out = web.StreamResponse(status=200, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
@@ -577,6 +608,7 @@ class Proxy:
             return f"malformed upstream watch stream: {exc}"
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if not watch.stopped:
+                self.stats.upstream_error("ended_early")
                 log.info("upstream watch connection ended: %s", exc)
         return None
 
@@ -597,7 +629,7 @@ def _watch_boundary(request: web.Request, resp: aiohttp.ClientResponse) -> Event
     return None
 
 
-class StreamFilter(Protocol):
+class StreamFilter(FilterCounts, Protocol):
     """What the relay needs of a watch filter: the JSON line filter and the protobuf frame filter."""
 
     last_kept: bytes | None

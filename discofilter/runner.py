@@ -30,7 +30,14 @@ import time
 import uvloop
 from aiohttp import web
 
-from discofilter.app import Runtime, build_health_app, build_proxy_app, build_runtime, tracker_running
+from discofilter.app import (
+    Runtime,
+    build_health_app,
+    build_metrics_listener_app,
+    build_proxy_app,
+    build_runtime,
+    tracker_running,
+)
 from discofilter.errors import ConfigError
 from discofilter.settings import ServerSettings, Settings
 from discofilter.upstream import load_upstream
@@ -62,6 +69,11 @@ def check_server_settings(server: ServerSettings) -> None:
                 f"--upstream-credentials refused on {server.host}: it would lend discofilter's identity to "
                 "anyone who can reach that address; listen on 127.0.0.1 or ::1"
             )
+
+
+def _bound(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
@@ -105,7 +117,14 @@ async def drain(runner: web.AppRunner, runtime: Runtime, grace: float) -> None:
     log.info("drained in %.1f s", time.monotonic() - started)
 
 
-async def serve(settings: Settings, *, health_host: str, health_port: int) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    health_host: str,
+    health_port: int,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int = 15082,
+) -> None:
     check_server_settings(settings.server)
     ssl_ctx = server_ssl_context(settings.server)
     upstream = await load_upstream(settings.upstream)
@@ -117,8 +136,10 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
         shutdown_timeout=settings.server.shutdown_grace_seconds,
     )
     health_runner = web.AppRunner(build_health_app(runtime), access_log=None)
+    metrics_runner = web.AppRunner(build_metrics_listener_app(runtime), access_log=None)
     await proxy_runner.setup()
     await health_runner.setup()
+    await metrics_runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,23 +150,31 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
             try:
                 await web.TCPSite(proxy_runner, srv.host, srv.port, ssl_context=ssl_ctx).start()
                 await web.TCPSite(health_runner, health_host, health_port).start()
+                await web.TCPSite(metrics_runner, metrics_host, metrics_port).start()
             except OSError as exc:
                 raise ConfigError(f"cannot listen: {exc}") from exc
             if settings.server.raise_nofile_limit:
                 soft, _ = raise_nofile_limit()
                 log.info("open-files limit %d: room for about %d concurrent watches", soft, soft // 2)
             scheme = "https" if ssl_ctx else "http"
+            # The bound ports, not the asked ones: with port 0 the kernel picks, and the log must say which.
+            bound = {
+                "listen": _bound(proxy_runner),
+                "health_listen": _bound(health_runner),
+                "metrics_listen": _bound(metrics_runner),
+            }
             log.info(
-                "discofilter listening on %s://%s:%d (health on %s:%d), upstream %s from %s, selectors %s%s",
+                "discofilter listening on %s://%s (health on %s, metrics on %s), upstream %s from %s, "
+                "selectors %s%s",
                 scheme,
-                srv.host,
-                srv.port,
-                health_host,
-                health_port,
+                bound["listen"],
+                bound["health_listen"],
+                bound["metrics_listen"],
                 upstream.base_url,
                 upstream.source,
                 runtime.mesh.describe() if runtime.mesh is not None else settings.selectors,
                 ", lending its own credentials to loopback clients" if srv.upstream_credentials else "",
+                extra={**bound, "upstream": upstream.base_url, "scheme": scheme},
             )
             await stop.wait()
             # Drained while the tracker still runs: in-flight filtered reads keep live membership.
@@ -154,8 +183,24 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
         if proxy_runner.server is not None:  # not drained: start-up failed or the loop was cancelled
             await proxy_runner.cleanup()
         await health_runner.cleanup()
+        await metrics_runner.cleanup()
         await close()
 
 
-def run(settings: Settings, *, health_host: str, health_port: int) -> None:
-    uvloop.run(serve(settings, health_host=health_host, health_port=health_port))
+def run(
+    settings: Settings,
+    *,
+    health_host: str,
+    health_port: int,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int = 15082,
+) -> None:
+    uvloop.run(
+        serve(
+            settings,
+            health_host=health_host,
+            health_port=health_port,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+        )
+    )

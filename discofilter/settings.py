@@ -12,6 +12,8 @@ from typing import Literal
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet
 
+LogFormat = Literal["text", "json"]
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
@@ -88,11 +90,19 @@ class NamespaceWatchSettings:
     """...and caps it at 30 s."""
     short_watch_seconds: float = 1.0
     """client-go's VeryShortWatchError: a watch that ends within 1 s with no events means trouble."""
-    unknown_after_seconds: float = 60.0
-    """How long membership may go unconfirmed (namespace watch down, relists failing) before filtered
-    requests fail closed (503) and open filtered watches are ended. A namespace watch that breaks and
-    resumes takes about a second; 60 s covers an API server restart or leader change while keeping
-    the window in which a relabelled namespace could be filtered under the old membership short."""
+    unknown_after_seconds: float = 120.0
+    """How long membership may go unconfirmed (the namespace list/watch failing, counted from its last
+    contact) before filtered requests fail closed (503) and open filtered watches are ended. Above
+    inactivity_seconds (70) plus one capped backoff (30), so a dead connection noticed late and
+    retried does not fail anything; the same as max_stale_seconds, so /readyz turns 503 (and a Service
+    stops sending clients here) when filtered reads start failing. Past it, a relabelled namespace
+    could be filtered under a membership minutes old: refusing is better than a guess."""
+    max_stale_seconds: float = 120.0
+    """How long after the namespace list/watch last delivered anything, once it is failing, /readyz
+    still answers 200. Above inactivity_seconds (70) plus one capped backoff (30), so one dead
+    connection noticed late and retried does not flip readiness; short enough that a mesh label change
+    missed for minutes is not served as truth. Filtered reads fail closed past unknown_after_seconds
+    (the same default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +148,5 @@ class Settings:
     mesh: MeshConfigSettings = field(default_factory=MeshConfigSettings)
     """Off by default: without a mesh config, ``selectors`` decide alone."""
     log_level: str = "info"
+    log_format: LogFormat = "text"
+    """text for people reading a terminal or kubectl logs; json for log pipelines (one object per line)."""

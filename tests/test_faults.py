@@ -389,7 +389,10 @@ async def test_membership_unknown_too_long_fails_closed_then_recovers(tmp_path: 
         status, _, _ = await fetch(df.url + "/api/v1/nodes")  # pass-through is not affected
         assert status == 200
         src.fail_next.clear()
-        await wait_for(lambda: df.runtime.tracker.watch_open)
+        # Recovered once the API server is heard from again: a bookmark on the resumed watch.
+        await wait_for(lambda: src.open_watches > 0)
+        src.bookmark()
+        await wait_for(lambda: df.runtime.tracker.unknown_for() == 0)
         hold.set()
         status, _, body = await fetch(df.url + "/api/v1/pods")
         assert status == 200, body
