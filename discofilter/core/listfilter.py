@@ -147,8 +147,11 @@ def filter_list(body: bytes, members: Container[str]) -> ListResult:
     try:
         entries = _ENTRIES.decode(raw_entries) if raw_entries is not None else None
     except msgspec.ValidationError as exc:
-        what = "Table has malformed rows" if row else "list answer has malformed items"
-        raise StreamFramingError(what) from exc
+        # As table_rows: any falsy rows value is no rows.
+        if not row or orjson.loads(memoryview(raw_entries)):  # type: ignore[arg-type]
+            what = "Table has malformed rows" if row else "list answer has malformed items"
+            raise StreamFramingError(what) from exc
+        entries = None
     entries = entries or []
     kept = [e for e in entries if entry_namespace(e, row=row) in members]
     parts = [b"{"]

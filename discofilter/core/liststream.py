@@ -207,22 +207,26 @@ class ListStream:
         vpos = _skip_ws(buf, colon + 1)
         if vpos >= len(buf):
             return self._wait(eof)
-        if key in ("items", "rows") and buf[vpos] == 0x5B and not self._seen_entries:  # [
+        entries = False
+        if key in ("items", "rows") and not self._seen_entries:
             if self._head.kind is None or (self._head.kind == "Table" and not self._api_seen):
                 self._to_whole()
                 return False
-            entries_key = self._head.entries_key()
-            if key == entries_key:
-                self._open_entries(key, vpos + 1)
-                return True
+            if key == self._head.entries_key():
+                if buf[vpos] == 0x5B:  # [
+                    self._open_entries(key, vpos + 1)
+                    return True
+                entries = True
         vend = self._value_end(vpos, eof=eof)
         if vend is None:
             if len(buf) - vpos > self.max_item_bytes:
                 raise ObjectTooLargeError(f"list member {key!r} larger than {self.max_item_bytes} bytes")
             return False
         value = memoryview(buf)[vpos:vend]
-        out = self._top_value(key, value)
-        self._emit_member(key, out)
+        if entries:
+            self._no_entries(key, value)
+        else:
+            self._emit_member(key, self._top_value(key, value))
         self._pos = vend
         return True
 
@@ -238,6 +242,18 @@ class ListStream:
         except orjson.JSONDecodeError as exc:
             raise StreamFramingError(f"list answer is not valid JSON: {exc}") from exc
         return value
+
+    def _no_entries(self, key: str, value: memoryview) -> None:
+        """items/rows that is not an array: as filter_list_slow, null (any falsy rows) is an empty list."""
+        try:
+            decoded = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFramingError(f"list answer is not valid JSON: {exc}") from exc
+        if decoded is not None if key == "items" else decoded:
+            what = "Table has malformed rows" if key == "rows" else "list answer has malformed items"
+            raise StreamFramingError(what)
+        self._emit_member(key, b"[]")
+        self._seen_entries = True
 
     def _emit_member(self, key: str, value: bytes | memoryview) -> None:
         sep = b"," if self._top_members else b""

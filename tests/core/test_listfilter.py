@@ -188,7 +188,9 @@ def lists(draw: st.DrawFn) -> bytes:
             "kind": "Table",
             "apiVersion": draw(st.sampled_from(["meta.k8s.io/v1"] * 4 + ["v1"])),
             "columnDefinitions": [{"name": "Name"}],
-            "rows": [{"cells": ["x"], "object": e} if draw(st.integers(0, 20)) else e for e in entry_list],
+            "rows": [{"cells": ["x"], "object": e} if draw(st.integers(0, 20)) else e for e in entry_list]
+            if draw(st.integers(0, 20))
+            else draw(json_values),
         }
     else:
         doc = {
