@@ -203,11 +203,21 @@ class WatchFilter:
         start = 0
         view = memoryview(data)
         if self._framer.buffered:
-            # The rest of an event begun in an earlier read: joined once, decided as a line.
-            kept = self._feed_lines([self._framer.complete(view[: nl + 1])])
+            # The rest of an event begun in an earlier read: joined once, then decided like the others.
+            line = self._framer.complete(view[: nl + 1])
+            self._decide(line, 0, len(line) - 1, kept)
             start = nl + 1
             nl = data.find(b"\n", start)
-        # The hot loop: events are decided in place, by offset; only kept ones are sliced out.
+        start = self._decide(data, start, nl, kept)
+        if start < len(data):
+            self._framer.hold(view[start:])
+        if kept:
+            self.last_kept = kept[-1]
+        return kept
+
+    def _decide(self, data: bytes, start: int, nl: int, kept: list[bytes]) -> int:
+        """The hot loop: decide the events of ``data`` from ``start`` (``nl`` is the first newline) in
+        place, by offset; only kept ones are sliced out. Returns where the unfinished rest begins."""
         members = self._members
         limit = self._framer.max_line_bytes
         match = _FAST.match
@@ -237,16 +247,12 @@ class WatchFilter:
                 events += 1
                 dropped += 1
             start = end
-            nl = data.find(b"\n", start)
-        if start < len(data):
-            self._framer.hold(view[start:])
+            nl = find(b"\n", start)
         self.events_in += events
         self.events_dropped += dropped
         self.events_kept += events - dropped
         self.bytes_out += kept_bytes
-        if kept:
-            self.last_kept = kept[-1]
-        return kept
+        return start
 
     def _feed_lines(self, lines: list[bytes]) -> list[bytes]:
         """Decide whole lines one by one (the slow path, and lines completed across reads)."""
