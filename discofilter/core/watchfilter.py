@@ -230,12 +230,14 @@ class WatchFilter:
             # _scan, inlined for the common case (a call costs as much as the find).
             m = match(data, start, end) if data[nl - 1] == 0x7D else None
             ns: str | None = None
-            if m is not None and find(b"\\", start, m.end()) < 0:
-                try:
-                    ns = m.group(1).decode()
-                except UnicodeDecodeError:
-                    ns = None
-            elif m is None and nl > start and data[nl - 1] == 0x7D:
+            if m is not None:
+                a, b = m.span(1)
+                if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
+                    try:
+                        ns = data[a:b].decode()
+                    except UnicodeDecodeError:
+                        ns = None
+            elif nl > start and data[nl - 1] == 0x7D:
                 ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
             if ns is None:
                 kept.extend(self._feed_lines([data[start:end]]))  # counts for itself
