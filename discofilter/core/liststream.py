@@ -127,6 +127,11 @@ class ListStream:
         else:
             self._buf += data
         self._run(eof=False)
+        if self.buffered > self.max_item_bytes and not self._is_whole():
+            # Whatever is pending (an item, a member name, a list member, whitespace) is over the limit.
+            raise ObjectTooLargeError(
+                f"list answer: over {self.max_item_bytes} bytes without a complete value"
+            )
         if not self._out or not self._pending:  # never out in WHOLE
             return b""
         out = b"".join(self._pending)

@@ -129,3 +129,21 @@ def test_generated_lists_split_anywhere_agree_with_filter_list(body: bytes, cuts
 def test_gzip_fixture_is_the_plain_list() -> None:
     assert list_body("list-pods.json.gz") == gzip.decompress(fixtures.body("list-pods.json.gz"))
     assert list_body("list-pods.json.gz") == fixtures.body("list-pods.json")
+
+
+@pytest.mark.parametrize(
+    ("head", "filler"),
+    [
+        (b'{"kind":"PodList","items":[{"a":"', b"x"),  # an item
+        (b'{"kind":"PodList","', b"x"),  # a member name
+        (b'{"kind":"PodList","metadata":{"a":"', b"x"),  # a list member
+        (b'{"kind":"PodList","items":[{"metadata":{}}, ', b" "),  # whitespace between items
+    ],
+)
+def test_nothing_pending_grows_past_the_limit(head: bytes, filler: bytes) -> None:
+    stream = ListStream(MESH, max_item_bytes=5_000)
+    with pytest.raises(ObjectTooLargeError):
+        stream.feed(head)
+        for _ in range(10_000):
+            stream.feed(filler * 7)
+            assert stream.buffered <= 5_000 + 7
