@@ -22,6 +22,7 @@ from discofilter.core.membership import Membership
 from discofilter.errors import DiscofilterError, NotReadyError
 from discofilter.kubeapi import status_body
 from discofilter.meshwatch import ConfigMapSource, KubernetesConfigMapSource, MeshWatcher
+from discofilter.metrics import build_metrics_app, make_request_metrics_middleware
 from discofilter.proxy import Proxy, _Abort
 from discofilter.settings import Settings
 from discofilter.tracker import KubernetesNamespaceSource, NamespaceSource, NamespaceTracker
@@ -127,7 +128,10 @@ async def build_runtime(
 
 def build_proxy_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[make_error_middleware(runtime.settings.watch.not_ready_retry_after_seconds)],
+        middlewares=[
+            make_request_metrics_middleware(runtime.proxy),
+            make_error_middleware(runtime.settings.watch.not_ready_retry_after_seconds),
+        ],
         client_max_size=4 * 1024 * 1024,  # the API server's own request-body limit is 3 MiB
     )
     app.router.add_route("*", "/{tail:.*}", runtime.proxy.handle)
@@ -139,16 +143,26 @@ def build_health_app(runtime: Runtime) -> web.Application:
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
-        if runtime.membership.synced:
+        tracker = runtime.tracker
+        if not runtime.membership.synced:
+            return web.Response(status=503, text="mesh membership not synced yet\n")
+        if not tracker.fresh():
+            bound = runtime.settings.namespaces.max_stale_seconds
             return web.Response(
-                text=f"ok: {len(runtime.membership)} mesh namespaces of {runtime.membership.known}\n"
+                status=503, text=f"namespace watch failing and membership stale for over {bound:.0f} s\n"
             )
-        return web.Response(status=503, text="mesh membership not synced yet\n")
+        return web.Response(
+            text=f"ok: {len(runtime.membership)} mesh namespaces of {runtime.membership.known}\n"
+        )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def build_metrics_listener_app(runtime: Runtime) -> web.Application:
+    return build_metrics_app(runtime.proxy, runtime.tracker, runtime.membership, runtime.mesh)
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 from discofilter import __version__
 from discofilter.core.selectors import SelectorSet, parse_selector
 from discofilter.errors import ConfigError, DiscofilterError
+from discofilter.logs import setup_logging
 from discofilter.settings import (
     MeshConfigSettings,
     ServerSettings,
@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("HEALTH_LISTEN") or "127.0.0.1:15081",
         help="HOST:PORT serving /healthz and /readyz (default 127.0.0.1:15081; use 0.0.0.0:15081 for "
         "kubelet probes) [env DISCOFILTER_HEALTH_LISTEN]",
+    )
+    s.add_argument(
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN") or "127.0.0.1:15082",
+        help="HOST:PORT serving Prometheus /metrics (default 127.0.0.1:15082; use 0.0.0.0:15082 for a "
+        "scraper outside the pod) [env DISCOFILTER_METRICS_LISTEN]",
     )
     s.add_argument(
         "--namespace-selector",
@@ -113,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (default info) [env DISCOFILTER_LOG_LEVEL]",
     )
+    s.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT") or "text",
+        choices=["text", "json"],
+        help="text lines (default), or one JSON object per line for log pipelines "
+        "[env DISCOFILTER_LOG_FORMAT]",
+    )
     from discofilter.bench.cli import add_bench_parser  # late: only argparse wiring
 
     add_bench_parser(sub)
@@ -141,6 +154,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
         watch=WatchSettings(wire_format=args.wire_format),
         mesh=mesh,
         log_level=args.log_level,
+        log_format=args.log_format,
     )
     return settings, health
 
@@ -163,14 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings, (hhost, hport) = settings_from_args(args)
-            logging.basicConfig(
-                level=settings.log_level.upper(),
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                stream=sys.stderr,
-            )
+            mhost, mport = _host_port(args.metrics_listen, "--metrics-listen")
+            setup_logging(settings.log_level, settings.log_format, sys.stderr)
             from discofilter.runner import run
 
-            run(settings, health_host=hhost, health_port=hport)
+            run(settings, health_host=hhost, health_port=hport, metrics_host=mhost, metrics_port=mport)
         elif args.command == "bench":
             from discofilter.bench.cli import run_bench
 

@@ -54,6 +54,7 @@ from discofilter.kubeapi import (
     proto_error_event,
 )
 from discofilter.settings import Settings
+from discofilter.stats import FilterCounts, ProxyStats
 from discofilter.upstream import Upstream
 
 log = logging.getLogger("discofilter.proxy")
@@ -85,6 +86,8 @@ class OpenWatch:
     upstream: aiohttp.ClientResponse | None = None
     expired: bool = False
     """Set when a membership change ended this watch: the client gets a 410 and relists."""
+    filter: StreamFilter | None = None
+    """The watch's filter, whose event and byte counts /metrics reads while the watch is open."""
 
 
 @dataclass(slots=True)
@@ -95,13 +98,23 @@ class WatchRegistry:
     expired_total: int = 0
 
     def on_change(self, changed: frozenset[str]) -> None:
+        ended: dict[str, int] = {}
         for w in list(self.watches):
             if w.expired or (w.namespace is not None and w.namespace not in changed):
                 continue
             w.expired = True
             self.expired_total += 1
+            ended[w.resource] = ended.get(w.resource, 0) + 1
             if w.upstream is not None:
                 end_upstream(w.upstream)
+        if ended:
+            # One line per change, not per watch: a change can end every istiod's every informer at once.
+            log.info(
+                "membership change ended %d open watches with 410 Expired (%s); clients relist",
+                sum(ended.values()),
+                ", ".join(f"{r} {n}" for r, n in sorted(ended.items())),
+                extra={"watches_ended": ended},
+            )
 
 
 class Proxy:
@@ -122,6 +135,7 @@ class Proxy:
         self.ledger = ResumeLedger()
         self.malformed_streams = 0
         """Filtered answers ended because the upstream bytes could not be parsed (never forwarded)."""
+        self.stats = ProxyStats()
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -193,6 +207,7 @@ class Proxy:
                 read_bufsize=self.settings.watch.read_chunk_bytes,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stats.upstream_error("unreachable")
             raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
 
     @staticmethod
@@ -218,6 +233,7 @@ class Proxy:
             await out.write_eof()
             return out
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
             raise _Abort from exc
         finally:
@@ -261,6 +277,7 @@ class Proxy:
                 chunks.append(chunk)
             body = b"".join(chunks)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             raise UpstreamError(f"API server ended the LIST answer early: {exc}") from exc
         finally:
             resp.release()
@@ -276,7 +293,12 @@ class Proxy:
         # piece: protolist skips items by their length prefix without decoding them, so the cost is
         # one copy of the body, but memory is not bounded by one item as for JSON (no incremental reader).
         generation = self.membership.generation
-        result = filter_proto_list(body, self._members_for(route))
+        try:
+            result = filter_proto_list(body, self._members_for(route))
+        except StreamFramingError:
+            self.stats.malformed_lists += 1
+            raise
+        self._list_filtered(route, result, len(body), len(result.body))
         self._record_list_page(request, route, result, generation)
         out.body = result.body
         if len(result.body) > GZIP_THRESHOLD and self._accepts_gzip(request):
@@ -302,7 +324,7 @@ class Proxy:
         held: list[bytes] = []
         held_size = 0
         out: web.StreamResponse | None = None
-        size = 0
+        size = written = 0
         try:
             async for chunk in resp.content.iter_chunked(self.settings.watch.read_chunk_bytes):
                 size += len(chunk)
@@ -323,20 +345,26 @@ class Proxy:
                     await out.prepare(request)
                     piece = b"".join(held)
                     held.clear()
+                    held_size = 0
+                written += len(piece)
                 await out.write(piece)
             last, result = stream.finish()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            self.stats.upstream_error("ended_early")
             if out is None:
                 raise UpstreamError(f"API server ended the LIST answer early: {exc}") from exc
             log.info("upstream ended LIST %s mid-body: %s", request.path, exc)
             raise _Abort from exc
         except StreamFramingError as exc:
+            if size <= limit:  # the filter's verdict, not the size limit on the whole body
+                self.stats.malformed_lists += 1
             if out is None:
                 raise
             # Part of the list is out already: cut the answer so the client fails to decode it,
             # never finishing it as a shorter list.
             log.warning("LIST %s ended: %s", request.path, exc)
             raise _Abort from exc
+        self._list_filtered(route, result, size, held_size + len(last) + written)
         self._record_list_page(request, route, result, generation)
         log.debug("LIST %s: kept %d of %d items", request.path, result.items_kept, result.items_in)
         if out is None:
@@ -349,6 +377,15 @@ class Proxy:
         await out.write(last)
         await out.write_eof()
         return out
+
+    def _list_filtered(self, route: Route, result: ListResult, bytes_in: int, bytes_out: int) -> None:
+        self.stats.list_filtered(
+            route.resource or "",
+            items_in=result.items_in,
+            items_kept=result.items_kept,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
 
     @staticmethod
     def _accepts_gzip(request: web.Request) -> bool:
@@ -410,6 +447,8 @@ class Proxy:
             return await self._relay_watch(request, raw, route, watch)
         finally:
             self.registry.watches.discard(watch)
+            if watch.filter is not None:
+                self.stats.watch_ended(watch.resource, watch.filter)
 
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
@@ -447,6 +486,7 @@ class Proxy:
                 raise StreamFramingError(
                     f"API server answered a filtered WATCH with {ctype!r}: cannot filter it"
                 )
+            watch.filter = wf
             out = web.StreamResponse(status=200, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
@@ -489,11 +529,12 @@ class Proxy:
             return f"malformed upstream watch stream: {exc}"
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if not watch.expired:
+                self.stats.upstream_error("ended_early")
                 log.info("upstream watch connection ended: %s", exc)
         return None
 
 
-class StreamFilter(Protocol):
+class StreamFilter(FilterCounts, Protocol):
     """What the relay needs of a watch filter: the JSON line filter and the protobuf frame filter."""
 
     last_kept: bytes | None

@@ -17,7 +17,13 @@ import ssl
 import uvloop
 from aiohttp import web
 
-from discofilter.app import build_health_app, build_proxy_app, build_runtime, tracker_running
+from discofilter.app import (
+    build_health_app,
+    build_metrics_listener_app,
+    build_proxy_app,
+    build_runtime,
+    tracker_running,
+)
 from discofilter.errors import ConfigError
 from discofilter.proxy import end_upstream
 from discofilter.settings import ServerSettings, Settings
@@ -52,6 +58,11 @@ def check_server_settings(server: ServerSettings) -> None:
             )
 
 
+def _bound(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
     if server.tls_cert_file is None or server.tls_key_file is None:
         return None
@@ -63,15 +74,24 @@ def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(settings: Settings, *, health_host: str, health_port: int) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    health_host: str,
+    health_port: int,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int = 15082,
+) -> None:
     check_server_settings(settings.server)
     ssl_ctx = server_ssl_context(settings.server)
     upstream = await load_upstream(settings.upstream)
     runtime, close = await build_runtime(settings, upstream)
     proxy_runner = web.AppRunner(build_proxy_app(runtime), handler_cancellation=True, access_log=None)
     health_runner = web.AppRunner(build_health_app(runtime), access_log=None)
+    metrics_runner = web.AppRunner(build_metrics_listener_app(runtime), access_log=None)
     await proxy_runner.setup()
     await health_runner.setup()
+    await metrics_runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,20 +102,28 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
             try:
                 await web.TCPSite(proxy_runner, srv.host, srv.port, ssl_context=ssl_ctx).start()
                 await web.TCPSite(health_runner, health_host, health_port).start()
+                await web.TCPSite(metrics_runner, metrics_host, metrics_port).start()
             except OSError as exc:
                 raise ConfigError(f"cannot listen: {exc}") from exc
             scheme = "https" if ssl_ctx else "http"
+            # The bound ports, not the asked ones: with port 0 the kernel picks, and the log must say which.
+            bound = {
+                "listen": _bound(proxy_runner),
+                "health_listen": _bound(health_runner),
+                "metrics_listen": _bound(metrics_runner),
+            }
             log.info(
-                "discofilter listening on %s://%s:%d (health on %s:%d), upstream %s from %s, selectors %s%s",
+                "discofilter listening on %s://%s (health on %s, metrics on %s), upstream %s from %s, "
+                "selectors %s%s",
                 scheme,
-                srv.host,
-                srv.port,
-                health_host,
-                health_port,
+                bound["listen"],
+                bound["health_listen"],
+                bound["metrics_listen"],
                 upstream.base_url,
                 upstream.source,
                 runtime.mesh.describe() if runtime.mesh is not None else settings.selectors,
                 ", lending its own credentials to loopback clients" if srv.upstream_credentials else "",
+                extra={**bound, "upstream": upstream.base_url, "scheme": scheme},
             )
             await stop.wait()
             log.info("shutting down: ending %d open watches", len(runtime.proxy.registry.watches))
@@ -107,8 +135,24 @@ async def serve(settings: Settings, *, health_host: str, health_port: int) -> No
     finally:
         await proxy_runner.cleanup()
         await health_runner.cleanup()
+        await metrics_runner.cleanup()
         await close()
 
 
-def run(settings: Settings, *, health_host: str, health_port: int) -> None:
-    uvloop.run(serve(settings, health_host=health_host, health_port=health_port))
+def run(
+    settings: Settings,
+    *,
+    health_host: str,
+    health_port: int,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int = 15082,
+) -> None:
+    uvloop.run(
+        serve(
+            settings,
+            health_host=health_host,
+            health_port=health_port,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+        )
+    )

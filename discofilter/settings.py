@@ -12,6 +12,8 @@ from typing import Literal
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet
 
+LogFormat = Literal["text", "json"]
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
@@ -73,6 +75,12 @@ class NamespaceWatchSettings:
     """...and caps it at 30 s."""
     short_watch_seconds: float = 1.0
     """client-go's VeryShortWatchError: a watch that ends within 1 s with no events means trouble."""
+    max_stale_seconds: float = 120.0
+    """How long after the namespace list/watch last delivered anything, once it is failing, /readyz
+    still answers 200. Above inactivity_seconds (70) plus one capped backoff (30), so one dead
+    connection noticed late and retried does not flip readiness; short enough that a mesh label change
+    missed for minutes is not served as truth. Filtered reads keep working meanwhile: readiness tells
+    the operator (and the kubelet) that membership may be behind, it does not fail them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +126,5 @@ class Settings:
     mesh: MeshConfigSettings = field(default_factory=MeshConfigSettings)
     """Off by default: without a mesh config, ``selectors`` decide alone."""
     log_level: str = "info"
+    log_format: LogFormat = "text"
+    """text for people reading a terminal or kubectl logs; json for log pipelines (one object per line)."""

@@ -36,6 +36,10 @@ log = logging.getLogger("discofilter.tracker")
 RawDict = dict[str, Any]
 
 
+OPEN = "OPEN"
+"""Not a Kubernetes event type: a source's sign that the watch was accepted (see ``NamespaceSource``)."""
+
+
 class ExpiredError(UpstreamError):
     """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
 
@@ -46,7 +50,12 @@ class NamespaceSource(Protocol):
         ...
 
     def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:
-        """WATCH namespaces from ``resource_version`` with bookmarks: yields (type, object)."""
+        """WATCH namespaces from ``resource_version`` with bookmarks: yields (type, object).
+
+        May first yield ``("OPEN", {})`` once the API server has accepted the watch: from then on the
+        stream replays every change since ``resource_version``, so membership is as current as the API
+        server's, even if no namespace changes for a long time (``fresh`` needs to know that).
+        """
         ...
 
 
@@ -89,6 +98,7 @@ class KubernetesNamespaceSource:
             raise _api_error(exc) from exc
         framer = LineFramer()
         async with resp:
+            yield OPEN, {}
             async for chunk in resp.content.iter_any():
                 for line in framer.feed(chunk):
                     event = orjson.loads(line)
@@ -143,19 +153,54 @@ class NamespaceTracker:
         self.watch_open = False
         self.relists = 0
         self.reconnects = 0
+        self.membership_changes = 0
+        self.failing_since: float | None = None
+        """Monotonic time the list/watch started failing (a backoff, or a silent watch); None once
+        anything arrives again."""
+        self._silent = False
+        """The last watch went silent past ``inactivity_seconds``: an accepted watch alone is then no
+        proof of health (a server that accepts and says nothing would look healthy forever)."""
 
     @property
     def healthy(self) -> bool:
         return self.ready.is_set() and self.watch_open
 
+    def fresh(self) -> bool:
+        """Readiness: synced, and either not failing or last heard from within ``max_stale_seconds``.
+
+        A quiet but working watch is fresh however old its last event: only a failure starts the clock,
+        and staleness is then counted from the last contact, when membership was last known right.
+        """
+        if not self.ready.is_set():
+            return False
+        if self.failing_since is None or self.last_contact is None:
+            return self.failing_since is None
+        return self.clock() - self.last_contact <= self.settings.max_stale_seconds
+
+    def _contact(self) -> None:
+        self.last_contact = self.clock()
+        self.failing_since = None
+        self._silent = False
+
+    def _failing(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = self.clock()
+
     def _changed(self, changed: frozenset[str]) -> None:
         if changed:
+            self.membership_changes += 1
             log.info(
                 "mesh membership changed: %s (now %d of %d namespaces, generation %d)",
                 ", ".join(sorted(changed)),
                 len(self.membership),
                 self.membership.known,
                 self.membership.generation,
+                extra={
+                    "changed": sorted(changed),
+                    "mesh_namespaces": len(self.membership),
+                    "namespaces": self.membership.known,
+                    "generation": self.membership.generation,
+                },
             )
             self.on_change(changed)
 
@@ -164,7 +209,7 @@ class NamespaceTracker:
         self.relists += 1
         first = not self.ready.is_set()
         self._changed(self.membership.replace(items, rv))
-        self.last_contact = self.clock()
+        self._contact()
         if first:
             log.info(
                 "namespace membership synced: %d of %d namespaces match %s (rv %s)",
@@ -194,10 +239,18 @@ class NamespaceTracker:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
+                    self._failing()
+                    self._silent = True
                     log.warning("namespace watch silent for %.0f s; reconnecting from rv %s", inactivity, rv)
                     return rv
+                if etype == OPEN:
+                    # Accepted by the API server: not an event (the short-watch guard still applies),
+                    # but a failure to connect is over.
+                    if not self._silent:
+                        self.failing_since = None
+                    continue
                 got_any = True
-                self.last_contact = self.clock()
+                self._contact()
                 if etype == "ERROR":
                     if obj.get("code") == 410:
                         log.info("namespace watch expired at rv %s (%s); relisting", rv, obj.get("message"))
@@ -249,6 +302,7 @@ class NamespaceTracker:
                 await self._sleep_backoff(f"namespace list/watch failed ({exc})")
 
     async def _sleep_backoff(self, why: str) -> None:
+        self._failing()
         delay = self.backoff.next()
         log.warning("%s; retrying in %.1f s", why, delay)
         await asyncio.sleep(delay)

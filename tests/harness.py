@@ -12,7 +12,14 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from discofilter.app import Runtime, build_health_app, build_proxy_app, build_runtime, tracker_running
+from discofilter.app import (
+    Runtime,
+    build_health_app,
+    build_metrics_listener_app,
+    build_proxy_app,
+    build_runtime,
+    tracker_running,
+)
 from discofilter.runner import check_server_settings
 from discofilter.settings import ServerSettings, Settings, UpstreamSettings
 from discofilter.tracker import NamespaceSource
@@ -61,6 +68,7 @@ class Running:
     url: str
     health_url: str
     runtime: Runtime
+    metrics_url: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -84,20 +92,30 @@ async def running_discofilter(
         build_proxy_app(runtime), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
     )
     health = web.AppRunner(build_health_app(runtime), access_log=None)
+    metrics = web.AppRunner(build_metrics_listener_app(runtime), access_log=None)
     await runner.setup()
     await health.setup()
+    await metrics.setup()
     hport = free_port()
+    mport = free_port()
     try:
         async with tracker_running(runtime):
             await web.TCPSite(runner, "127.0.0.1", server.port, ssl_context=server_ssl).start()
             await web.TCPSite(health, "127.0.0.1", hport).start()
+            await web.TCPSite(metrics, "127.0.0.1", mport).start()
             if wait_ready:
                 await runtime.tracker.ready.wait()
             scheme = "https" if server_ssl else "http"
-            yield Running(f"{scheme}://127.0.0.1:{server.port}", f"http://127.0.0.1:{hport}", runtime)
+            yield Running(
+                f"{scheme}://127.0.0.1:{server.port}",
+                f"http://127.0.0.1:{hport}",
+                runtime,
+                f"http://127.0.0.1:{mport}/metrics",
+            )
     finally:
         await runner.cleanup()
         await health.cleanup()
+        await metrics.cleanup()
         await close()
 
 

@@ -215,10 +215,11 @@ async def start_discofilter(
 ) -> tuple[Proc, str]:
     """``python -m discofilter serve`` exactly as an operator runs it; returns it and its URL once ready."""
     for _attempt in range(3):
-        port, health = free_port(), free_port()
+        port, health, metrics = free_port(), free_port(), free_port()
         argv = [
             sys.executable, "-m", "discofilter", "serve", "--kubeconfig", str(kubeconfig),
             "--listen", f"127.0.0.1:{port}", "--health-listen", f"127.0.0.1:{health}",
+            "--metrics-listen", f"127.0.0.1:{metrics}",
             "--log-level", "warning",
         ]  # fmt: skip
         for sel in selectors:
