@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import gzip
 from collections import Counter
+from collections.abc import Callable
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from discofilter.core.listfilter import filter_list
+from discofilter.core.listfilter import ListResult, filter_list, filter_list_slow
 from discofilter.errors import StreamFramingError
 from tests import fixtures
 from tests.helpers import manifest_entry
@@ -80,3 +84,151 @@ def test_counts_per_namespace_of_pods() -> None:
 def test_malformed_lists_raise(body: bytes) -> None:
     with pytest.raises(StreamFramingError):
         filter_list(body, MESH)
+    with pytest.raises(StreamFramingError):
+        filter_list_slow(body, MESH)
+
+
+# -- the msgspec fast path against the orjson reference -------------------------------------------
+
+JSON_LISTS = [
+    str(e["file"])
+    for e in fixtures.manifest()["files"]
+    if "list" in e and (str(e["file"]).endswith(".json") or str(e["file"]).endswith(".json.gz"))
+]
+
+
+def list_body(name: str) -> bytes:
+    body = fixtures.body(name)
+    return gzip.decompress(body) if name.endswith(".gz") else body
+
+
+def same_result(fast: ListResult, slow: ListResult) -> None:
+    assert orjson.loads(fast.body) == orjson.loads(slow.body)
+    assert list(orjson.loads(fast.body)) == list(orjson.loads(slow.body))  # member order too
+    assert fast.body.endswith(b"}\n")
+    assert (fast.items_in, fast.items_kept, fast.resource_version, fast.continue_token) == (
+        slow.items_in,
+        slow.items_kept,
+        slow.resource_version,
+        slow.continue_token,
+    )
+
+
+def test_every_json_list_fixture_is_covered() -> None:
+    assert len(JSON_LISTS) >= 15  # every JSON list capture, including the gzip'd and the pretty-printed one
+    assert set(LISTS) <= set(JSON_LISTS)
+
+
+@pytest.mark.parametrize("name", JSON_LISTS)
+@pytest.mark.parametrize(
+    "members", [MESH, frozenset(), frozenset({"mesh-a"}), frozenset({"plain-1", "smoke-a", "default"})]
+)
+def test_fast_path_agrees_with_the_reference_on_real_lists(name: str, members: frozenset[str]) -> None:
+    body = list_body(name)
+    same_result(filter_list(body, members), filter_list_slow(body, members))
+
+
+@pytest.mark.parametrize("name", ["list-pods.json", "list-pods-page1.json", "list-endpointslices.json"])
+def test_fast_path_keeps_each_kept_item_byte_for_byte(name: str) -> None:
+    # Compact API server JSON: every kept item's bytes appear unchanged in the output, in order.
+    body = list_body(name)
+    items = orjson.loads(body)["items"]
+    out = filter_list(body, MESH).body
+    pos = 0
+    for item in items:
+        if item["metadata"]["namespace"] in MESH:
+            raw = orjson.dumps(item)
+            at = body.find(b'{"metadata":{"name":"' + item["metadata"]["name"].encode())
+            assert at >= 0 and body[at : at + len(raw)] == raw  # orjson re-encodes these items exactly
+            found = out.find(raw, pos)
+            assert found >= 0
+            pos = found + len(raw)
+
+
+ns_values = st.one_of(st.sampled_from(["mesh-a", "mesh-b", "plain-1", ""]), st.none(), st.integers(0, 3))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(max_size=12),
+    st.floats(allow_nan=False),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["a", "namespace", "metadata"]), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> object:
+    # Mostly well-formed items, now and then one that must make both paths fail.
+    roll = draw(st.integers(0, 40))
+    if roll == 0:
+        return draw(json_values)
+    meta: dict[str, object] = {"name": draw(st.text(max_size=8))}
+    if roll != 1:
+        good = st.sampled_from(["mesh-a", "mesh-b", "plain-1", "", 'we"ird\\ns'])
+        meta["namespace"] = draw(ns_values) if roll == 2 else draw(good)
+    obj: dict[str, object] = {"metadata": meta, "spec": draw(json_values)}
+    if roll == 3:
+        del obj["metadata"]
+    return obj
+
+
+@st.composite
+def lists(draw: st.DrawFn) -> bytes:
+    table = draw(st.integers(0, 4)) == 0
+    entry_list = draw(st.lists(entries(), max_size=6))
+    if table:
+        doc: dict[str, object] = {
+            "kind": "Table",
+            "apiVersion": draw(st.sampled_from(["meta.k8s.io/v1"] * 4 + ["v1"])),
+            "columnDefinitions": [{"name": "Name"}],
+            "rows": [{"cells": ["x"], "object": e} if draw(st.integers(0, 20)) else e for e in entry_list]
+            if draw(st.integers(0, 20))
+            else draw(json_values),
+        }
+    else:
+        doc = {
+            "kind": draw(
+                st.sampled_from(["PodList", "PodList", "PartialObjectMetadataList", "Pod", "Table"])
+            ),
+            "apiVersion": "v1",
+            "items": entry_list if draw(st.integers(0, 20)) else draw(json_values),
+        }
+    meta = {"resourceVersion": draw(st.sampled_from(["503", "", "7"]))}
+    if draw(st.booleans()):
+        meta["continue"] = draw(st.sampled_from(["tok", ""]))
+        meta["remainingItemCount"] = 14  # type: ignore[assignment]
+    doc["metadata"] = meta if draw(st.integers(0, 20)) else draw(json_values)
+    keys = draw(st.permutations(list(doc)))
+    if draw(st.integers(0, 20)) == 0:
+        keys = keys[1:]  # a member missing
+    ordered = {k: doc[k] for k in keys}
+    body = orjson.dumps(ordered, option=orjson.OPT_INDENT_2 if draw(st.booleans()) else 0)
+    return body + draw(st.sampled_from([b"", b"\n", b"  \n"]))
+
+
+def outcome(fn: Callable[[bytes, frozenset[str]], ListResult], body: bytes) -> ListResult | str:
+    try:
+        return fn(body, MESH_AB)
+    except StreamFramingError:
+        return "error"
+
+
+MESH_AB = frozenset({"mesh-a", "mesh-b"})
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(lists())
+def test_fast_path_agrees_with_the_reference_on_generated_lists(body: bytes) -> None:
+    fast = outcome(filter_list, body)
+    slow = outcome(filter_list_slow, body)
+    if isinstance(slow, str) or isinstance(fast, str):
+        assert fast == slow
+    else:
+        same_result(fast, slow)
