@@ -24,12 +24,14 @@ from typing import Any
 import aiohttp
 import orjson
 import psutil
+import pytest
 from aiohttp import web
 
 from discofilter.simapi import SimSettings, build_app
 from tests.core.test_protobuf import ref_event
 from tests.harness import free_port, write_kubeconfig
 from tests.test_e2e import pod, seeded
+from tests.test_faults import CAPTURES, accept, scripted, start_like
 from tests.test_proxy import pb_frames
 
 ISTIOD_ACCEPT = "application/vnd.kubernetes.protobuf,application/json"
@@ -230,3 +232,34 @@ async def test_a_list_beyond_the_grace_period_is_cut_never_completed_wrongly(tmp
         assert len(body) < lengths[0]
     else:
         assert b"chunked" in head.lower() and not body.endswith(b"\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
+@pytest.mark.parametrize("mid_event", [False, True], ids=["at-boundary", "mid-event"])
+async def test_shutdown_ends_a_pass_through_watch_cleanly_only_at_an_event_boundary(
+    tmp_path: Path, encoding: str, mid_event: bool
+) -> None:
+    """What drain() does to a pass-through watch (ConfigMaps here), in-process: a stream that has sent
+    whole events ends cleanly; one caught in the middle of an event is cut, so the client knows."""
+    capture, events, _ = CAPTURES[encoding]
+    sent = b"".join(events[:3]) + (events[3][: len(events[3]) // 2] if mid_event else b"")
+    hold = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        out = await start_like(request, capture)
+        await out.write(sent)
+        await hold.wait()
+        return out
+
+    async with scripted(tmp_path, handler) as df, aiohttp.ClientSession() as s:
+        async with s.get(df.url + "/api/v1/configmaps?watch=1", headers=accept(encoding)) as r:
+            got = b""
+            while len(got) < len(sent):
+                got += await asyncio.wait_for(r.content.readany(), 5)
+            assert df.runtime.proxy.registry.end_all("shutdown") == 1
+            if mid_event:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await asyncio.wait_for(r.read(), 5)
+            else:
+                assert got + await asyncio.wait_for(r.read(), 5) == sent
+        hold.set()
