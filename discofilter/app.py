@@ -94,7 +94,14 @@ async def build_runtime(
     if source is None:
         assert api_client is not None
         source = KubernetesNamespaceSource(api_client)
-    tracker = NamespaceTracker(membership, source, settings.namespaces, proxy.registry.on_change)
+    tracker = NamespaceTracker(
+        membership,
+        source,
+        settings.namespaces,
+        proxy.registry.on_change,
+        on_unknown=lambda: log.info("ended %d filtered watches", proxy.registry.end_all("unknown")),
+    )
+    proxy.membership_unknown_for = tracker.unknown_for
     mesh: MeshWatcher | None = None
     try:
         if settings.mesh.configmap is not None and mesh_source is None:

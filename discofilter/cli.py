@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from discofilter import __version__
 from discofilter.core.selectors import SelectorSet, parse_selector
@@ -13,6 +13,7 @@ from discofilter.errors import ConfigError, DiscofilterError
 from discofilter.logs import setup_logging
 from discofilter.settings import (
     MeshConfigSettings,
+    NamespaceWatchSettings,
     ServerSettings,
     Settings,
     UpstreamSettings,
@@ -31,6 +32,19 @@ def _host_port(value: str, flag: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise DiscofilterError(f"{flag} {value!r} is not HOST:PORT")
     return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+def _positive(kind: type[int] | type[float], flag: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants a number, not {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, not {value!r}")
+        return number
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="filtered reads keep the client's wire format, protobuf included (native, default), or are "
         "forced to JSON (json) [env DISCOFILTER_WIRE_FORMAT]",
     )
+    base = Settings()
+    for flag, env, default, kind, what in (
+        ("--shutdown-grace-seconds", "SHUTDOWN_GRACE_SECONDS", base.server.shutdown_grace_seconds, float,
+         "how long in-flight requests may finish on SIGTERM"),
+        ("--upstream-pool-size", "UPSTREAM_POOL_SIZE", base.upstream.pool_size, int,
+         "upstream connections at once; each open watch holds one"),
+        ("--client-write-timeout-seconds", "CLIENT_WRITE_TIMEOUT_SECONDS",
+         base.watch.client_write_timeout_seconds, float,
+         "a watch whose client takes nothing for this long is ended"),
+        ("--membership-unknown-after-seconds", "MEMBERSHIP_UNKNOWN_AFTER_SECONDS",
+         base.namespaces.unknown_after_seconds, float,
+         "filtered requests fail closed when the namespace watch has been down this long"),
+    ):  # fmt: skip
+        s.add_argument(
+            flag,
+            type=_positive(kind, flag),
+            default=_env(env) or str(default),
+            help=f"{what} (default {default}) [env DISCOFILTER_{env}]",
+        )
     s.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL") or "info",
@@ -149,9 +182,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
             tls_cert_file=args.tls_cert_file,
             tls_key_file=args.tls_key_file,
             upstream_credentials=args.upstream_credentials,
+            shutdown_grace_seconds=args.shutdown_grace_seconds,
         ),
-        upstream=UpstreamSettings(kubeconfig=args.kubeconfig, context=args.context),
-        watch=WatchSettings(wire_format=args.wire_format),
+        upstream=UpstreamSettings(
+            kubeconfig=args.kubeconfig, context=args.context, pool_size=int(args.upstream_pool_size)
+        ),
+        watch=WatchSettings(
+            wire_format=args.wire_format, client_write_timeout_seconds=args.client_write_timeout_seconds
+        ),
+        namespaces=NamespaceWatchSettings(unknown_after_seconds=args.membership_unknown_after_seconds),
         mesh=mesh,
         log_level=args.log_level,
         log_format=args.log_format,

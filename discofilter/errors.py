@@ -62,6 +62,13 @@ class NotReadyError(DiscofilterError):
     reason = "ServiceUnavailable"
 
 
+class ForbiddenError(DiscofilterError):
+    """A request discofilter refuses to forward as asked, because doing so would add privileges."""
+
+    status_hint = 403
+    reason = "Forbidden"
+
+
 class NotAcceptableError(DiscofilterError):
     """The client asked for a representation of a filtered collection that discofilter cannot filter."""
 

@@ -14,18 +14,20 @@ client relists through discofilter and its store's Replace computes the adds and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from discofilter.core.boundary import EventBoundary
 from discofilter.core.ledger import ResumeLedger
 from discofilter.core.listfilter import ListResult
 from discofilter.core.liststream import ListStream
@@ -35,6 +37,7 @@ from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
 from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify
 from discofilter.core.watchfilter import WatchFilter, event_resource_version
 from discofilter.errors import (
+    ForbiddenError,
     NotAcceptableError,
     NotReadyError,
     ObjectTooLargeError,
@@ -64,6 +67,7 @@ log = logging.getLogger("discofilter.proxy")
 GZIP_THRESHOLD = 128 * 1024
 
 _NOTHING: frozenset[str] = frozenset()
+_IDENTITY_HEADER_PREFIXES = ("impersonate-", "x-remote-")
 
 
 def end_upstream(resp: aiohttp.ClientResponse) -> None:
@@ -78,6 +82,16 @@ def end_upstream(resp: aiohttp.ClientResponse) -> None:
     resp.content.feed_eof()
 
 
+EndReason = Literal["shutdown", "unknown"]
+"""shutdown: the stream just ends, as at an API server watch timeout, and the client re-watches from
+its last resourceVersion (on another replica). unknown: mesh membership went unconfirmed too long; the
+stream ends with a 503 ERROR event, and new filtered requests are refused until it is known again."""
+
+
+class _SlowClient(Exception):
+    """A watch client took no bytes for ``client_write_timeout_seconds``."""
+
+
 @dataclass(eq=False, slots=True)
 class OpenWatch:
     resource: str
@@ -86,8 +100,14 @@ class OpenWatch:
     upstream: aiohttp.ClientResponse | None = None
     expired: bool = False
     """Set when a membership change ended this watch: the client gets a 410 and relists."""
+    closing: EndReason | None = None
+    """Set when discofilter ends this watch for its own reasons (shutdown, membership unknown)."""
     filter: StreamFilter | None = None
     """The watch's filter, whose event and byte counts /metrics reads while the watch is open."""
+
+    @property
+    def stopped(self) -> bool:
+        return self.expired or self.closing is not None
 
 
 @dataclass(slots=True)
@@ -95,7 +115,25 @@ class WatchRegistry:
     """The open filtered watches, so a membership change can end the ones it affects."""
 
     watches: set[OpenWatch] = field(default_factory=set)
+    passthrough: set[OpenWatch] = field(default_factory=set)
+    """Pass-through watches: membership changes do not concern them, shutdown does."""
     expired_total: int = 0
+    draining: bool = False
+    """Shutting down: every open watch is ended and any watch that opens from now on ends at once."""
+
+    def end_all(self, reason: EndReason) -> int:
+        """End every open watch at an event boundary (whole events already sent stay sent)."""
+        if reason == "shutdown":
+            self.draining = True
+        ended = 0
+        for w in [*self.watches, *(self.passthrough if reason == "shutdown" else ())]:
+            if w.stopped:
+                continue
+            w.closing = reason
+            ended += 1
+            if w.upstream is not None:
+                end_upstream(w.upstream)
+        return ended
 
     def on_change(self, changed: frozenset[str]) -> None:
         ended: dict[str, int] = {}
@@ -135,11 +173,43 @@ class Proxy:
         self.ledger = ResumeLedger()
         self.malformed_streams = 0
         """Filtered answers ended because the upstream bytes could not be parsed (never forwarded)."""
+        self.slow_clients_ended = 0
+        """Filtered watches dropped because their client stopped reading (client_write_timeout_seconds)."""
+        self.in_flight = 0
+        """Requests being handled now, watches included (logged at shutdown)."""
+        self.membership_unknown_for: Callable[[], float] = lambda: 0.0
+        """Seconds mesh membership has gone unconfirmed; the namespace tracker sets it (app.py)."""
         self.stats = ProxyStats()
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        transport = request.transport  # aiohttp unsets it when it force-closes the connection
+        try:
+            return await self._handle(request)
+        except asyncio.CancelledError:
+            if self.registry.draining and transport is not None:
+                # Past the shutdown grace period: drop the connection now. aiohttp close()s it, which
+                # still flushes whatever the transport holds, for as long as the client takes (and
+                # keeps the process alive meanwhile). An aborted body is cut where it stands (short
+                # of its Content-Length, or without the final chunk), so the client knows.
+                transport.abort()
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def _check_membership_known(self) -> None:
+        if not self.membership.synced:
+            raise NotReadyError("discofilter has not synced mesh membership yet; retry shortly")
+        unknown_for = self.membership_unknown_for()
+        if unknown_for > self.settings.namespaces.unknown_after_seconds:
+            raise NotReadyError(
+                f"discofilter's mesh membership is unconfirmed for {unknown_for:.0f} s (its namespace "
+                "watch is down); filtered reads fail closed until it recovers"
+            )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
         path = raw.partition("?")[0]
         if request.headers.get("Upgrade"):
@@ -152,8 +222,7 @@ class Proxy:
             return await self._passthrough(request, raw)
         if route.kind is RouteKind.REJECTED:
             raise web.HTTPBadRequest(reason="BadRequest", text=route.reason)
-        if not self.membership.synced:
-            raise NotReadyError("discofilter has not synced mesh membership yet; retry shortly")
+        self._check_membership_known()
         if route.kind is RouteKind.LIST:
             return await self._list(request, raw, route)
         return await self._watch(request, raw, route)
@@ -164,6 +233,16 @@ class Proxy:
         self, request: web.Request, *, accept: str | None = None
     ) -> tuple[CIMultiDict[str], ssl.SSLContext | bool]:
         drop = hop_by_hop(request.headers) | {"host", "content-length"}
+        identity_dropped = sorted(
+            h for h in drop if h == "authorization" or h.startswith(_IDENTITY_HEADER_PREFIXES)
+        )
+        if identity_dropped:
+            # "Connection: Authorization" would make discofilter drop the client's identity headers
+            # as hop-by-hop, and (with lending) put its own identity in their place.
+            raise web.HTTPBadRequest(
+                reason="BadRequest",
+                text=f"Connection may not name identity headers ({', '.join(identity_dropped)})",
+            )
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in drop
         )
@@ -171,6 +250,16 @@ class Proxy:
             headers["Accept"] = accept
         ssl_ctx = self.upstream.client_ssl
         if self.lend_credentials and "Authorization" not in headers:
+            # Lending is decided on the client's own headers. Impersonate-* (and the front-proxy
+            # X-Remote-* headers, honoured for some client certificates) would act with discofilter's
+            # rights, not the client's: a loopback client could become anyone discofilter may
+            # impersonate. Refused, never stripped: stripping would silently change who the request is.
+            dangerous = sorted({k for k in headers if k.lower().startswith(_IDENTITY_HEADER_PREFIXES)})
+            if dangerous:
+                raise ForbiddenError(
+                    "discofilter does not lend its own credentials to a request carrying "
+                    f"{', '.join(dangerous)}; send your own Authorization to impersonate"
+                )
             own = await self.upstream.authorization()
             if own:
                 headers["Authorization"] = own
@@ -223,20 +312,51 @@ class Proxy:
 
     async def _passthrough(self, request: web.Request, raw: str) -> web.StreamResponse:
         resp = await self._open(request, raw, stream_body=True)
+        watch: OpenWatch | None = None
         try:
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=False)
             await out.prepare(request)
             if request.method != "HEAD":
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
+                boundary = _watch_boundary(request, resp)
+                if resp.status == 200 and _is_watch(request):
+                    # Registered so a shutdown can end it (at an event boundary when one is known).
+                    watch = OpenWatch("", None, 0, upstream=resp)
+                    self.registry.passthrough.add(watch)
+                    if self.registry.draining:
+                        watch.closing = "shutdown"
+                        end_upstream(resp)
+                try:
+                    async for chunk in resp.content.iter_any():
+                        await self._write(out, chunk, request.transport)
+                        if boundary is not None:
+                            boundary.feed(chunk)
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                    if watch is None or watch.closing is None:
+                        raise
+                    # end_upstream() closed it: what was forwarded is all there is
+                ended_mid_event = boundary is None or not boundary.at_boundary
+                if watch is not None and watch.closing is not None and ended_mid_event:
+                    log.info("shutdown cut pass-through watch %s mid-event", request.path)
+                    raise _Abort
             await out.write_eof()
             return out
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             self.stats.upstream_error("ended_early")
             log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
             raise _Abort from exc
+        except _SlowClient as exc:
+            self.slow_clients_ended += 1
+            log.warning(
+                "%s %s: client took nothing for %.0f s; dropping it",
+                request.method,
+                request.path,
+                self.settings.watch.client_write_timeout_seconds,
+            )
+            raise _Abort from exc
         finally:
+            if watch is not None:
+                self.registry.passthrough.discard(watch)
             resp.release()
 
     # -- filtered reads -----------------------------------------------------------------------------
@@ -304,6 +424,11 @@ class Proxy:
         if len(result.body) > GZIP_THRESHOLD and self._accepts_gzip(request):
             out.enable_compression(web.ContentCoding.gzip)
         log.debug("LIST %s: kept %d of %d items", request.path, result.items_kept, result.items_in)
+        # Written here rather than by aiohttp after the handler returns: then a shutdown sees the
+        # LIST in flight and bounds it by the grace period (runner.py), instead of leaving megabytes
+        # in a transport buffer that keeps the process alive for as long as the client reads.
+        await out.prepare(request)
+        await out.write_eof()
         return out
 
     async def _stream_list(
@@ -442,6 +567,8 @@ class Proxy:
                 request, f"too old resource version: {stale_rv} (mesh membership changed since; relist)"
             )
         watch = OpenWatch(route.resource or "", route.namespace, self.membership.generation)
+        if self.registry.draining:
+            watch.closing = "shutdown"  # opened during shutdown: end it at once, the client goes elsewhere
         self.registry.watches.add(watch)
         try:
             return await self._relay_watch(request, raw, route, watch)
@@ -455,7 +582,7 @@ class Proxy:
     ) -> web.StreamResponse:
         resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
         watch.upstream = resp
-        if watch.expired:
+        if watch.stopped:
             # Membership changed while the upstream request was opening: on_change could not end it
             # then, and an idle upstream may send nothing for a long time. End it now.
             end_upstream(resp)
@@ -490,25 +617,63 @@ class Proxy:
             out = web.StreamResponse(status=200, reason=resp.reason)
             self._copy_headers(resp, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
-            ended_by = await self._pump(resp, out, wf, watch)
-            if watch.expired:
-                await out.write(event(410, "Expired", "mesh membership changed during this watch; relist"))
-            elif ended_by is not None:
-                self.malformed_streams += 1
-                log.warning("watch %s ended: %s", request.path, ended_by)
-                await out.write(event(500, "InternalError", f"discofilter: {ended_by}"))
-            elif wf.last_kept is not None:
-                rv = rv_of(wf.last_kept)
-                if rv is not None:
-                    self.ledger.record(watch.resource, rv, watch.generation)
-            with contextlib.suppress(ConnectionError):
-                await out.write_eof()
+            try:
+                ended_by = await self._pump(resp, out, wf, watch, request.transport)
+                if watch.expired:
+                    msg = "mesh membership changed during this watch; relist"
+                    await self._write(out, event(410, "Expired", msg), request.transport)
+                elif watch.closing == "unknown":
+                    msg = "discofilter: mesh membership unconfirmed (namespace watch down); retry later"
+                    await self._write(out, event(503, "ServiceUnavailable", msg), request.transport)
+                elif ended_by is not None:
+                    self.malformed_streams += 1
+                    log.warning("watch %s ended: %s", request.path, ended_by)
+                    ended = event(500, "InternalError", f"discofilter: {ended_by}")
+                    await self._write(out, ended, request.transport)
+                elif wf.last_kept is not None:
+                    rv = rv_of(wf.last_kept)
+                    if rv is not None:
+                        self.ledger.record(watch.resource, rv, watch.generation)
+                with contextlib.suppress(ConnectionError):
+                    async with asyncio.timeout(self.settings.watch.client_write_timeout_seconds):
+                        await out.write_eof()
+            except (_SlowClient, TimeoutError) as exc:
+                self.slow_clients_ended += 1
+                log.warning(
+                    "watch %s: client took nothing for %.0f s; ending its watch",
+                    request.path,
+                    self.settings.watch.client_write_timeout_seconds,
+                )
+                raise _Abort from exc
             return out
         finally:
             resp.close()
 
+    async def _write(self, out: web.StreamResponse, data: bytes, transport: asyncio.Transport | None) -> None:
+        """Write whole events; a client that takes none of them for the write timeout is dropped.
+
+        Awaiting the write is the backpressure: while it waits nothing more is read from upstream, so
+        a stalled client holds at most one upstream read plus the socket buffers."""
+        if transport is not None and (
+            transport.get_write_buffer_size() + len(data) <= transport.get_write_buffer_limits()[1]
+        ):
+            # It fits under the high-water mark, so the transport will not pause and the write cannot
+            # wait: skip the timer, which costs ~5 us a write here (asyncio.timeout, uvloop).
+            await out.write(data)
+            return
+        try:
+            async with asyncio.timeout(self.settings.watch.client_write_timeout_seconds):
+                await out.write(data)
+        except TimeoutError as exc:
+            raise _SlowClient from exc
+
     async def _pump(
-        self, resp: aiohttp.ClientResponse, out: web.StreamResponse, wf: StreamFilter, watch: OpenWatch
+        self,
+        resp: aiohttp.ClientResponse,
+        out: web.StreamResponse,
+        wf: StreamFilter,
+        watch: OpenWatch,
+        transport: asyncio.Transport | None,
     ) -> str | None:
         """Relay until upstream EOF. Returns why the stream had to be ended early, or None."""
         try:
@@ -516,22 +681,38 @@ class Proxy:
                 chunk = await resp.content.readany()
                 if not chunk:
                     break
-                if watch.expired:
+                if watch.stopped:
                     return None
                 kept = wf.feed(chunk)
                 if kept:
                     # One write per upstream read: whole events only, flushed now (never held for the
                     # next one); awaiting it is the backpressure on a slow client.
-                    await out.write(kept[0] if len(kept) == 1 else b"".join(kept))
-            if not watch.expired:
+                    await self._write(out, kept[0] if len(kept) == 1 else b"".join(kept), transport)
+            if not watch.stopped:
                 wf.feed_eof()
         except StreamFramingError as exc:
             return f"malformed upstream watch stream: {exc}"
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            if not watch.expired:
+            if not watch.stopped:
                 self.stats.upstream_error("ended_early")
                 log.info("upstream watch connection ended: %s", exc)
         return None
+
+
+def _is_watch(request: web.Request) -> bool:
+    return any(v in GO_TRUE for v in request.query.getall("watch", [])) or "/watch/" in request.path
+
+
+def _watch_boundary(request: web.Request, resp: aiohttp.ClientResponse) -> EventBoundary | None:
+    """Event-boundary tracking for a pass-through watch whose encoding is known (not compressed)."""
+    if resp.status != 200 or resp.headers.get("Content-Encoding") or not _is_watch(request):
+        return None
+    ctype = resp.headers.get("Content-Type")
+    if is_json_content_type(ctype):
+        return EventBoundary(protobuf=False)
+    if is_protobuf_content_type(ctype):
+        return EventBoundary(protobuf=True)
+    return None
 
 
 class StreamFilter(FilterCounts, Protocol):

@@ -1,23 +1,37 @@
 """Runs discofilter: uvloop, listeners, signals, and an orderly shutdown.
 
-Shutdown order on SIGTERM/SIGINT: stop accepting, end open watches at an event boundary (clients
-reconnect elsewhere, as they do after any API server watch timeout), let in-flight requests finish
-within ``shutdown_grace_seconds``, then close the upstream session.
+Shutdown order on SIGTERM/SIGINT (``drain``):
+1. Stop accepting: the listening socket closes first, so a client whose watch is ended next cannot
+   reconnect to this dying process, and goes to another replica (or waits for the new pod).
+2. End every open filtered watch at an event boundary: the stream just ends, as at an API server watch
+   timeout, and the client re-watches from its last resourceVersion. A watch that opens on a
+   keep-alive connection from now on ends at once.
+3. Let in-flight requests (LISTs, pass-through calls) finish within ``shutdown_grace_seconds``:
+   aiohttp's ``Server.shutdown`` waits for each connection's handler up to that bound, then cancels
+   it, which drops that connection (a client sees a cut chunked body, never a complete-looking
+   wrong one). Idle keep-alive connections are closed at once (``pre_shutdown``).
+4. Stop the namespace tracker, close the upstream session.
+
+(``AppRunner.shutdown()`` alone only runs ``on_shutdown`` hooks: it neither stops accepting nor waits
+for anything; the listener closes and handlers are awaited in ``cleanup()``, bounded by the runner's
+``shutdown_timeout``, which is why that is set to the grace period.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
+import resource
 import signal
 import ssl
+import time
 
 import uvloop
 from aiohttp import web
 
 from discofilter.app import (
+    Runtime,
     build_health_app,
     build_metrics_listener_app,
     build_proxy_app,
@@ -25,7 +39,6 @@ from discofilter.app import (
     tracker_running,
 )
 from discofilter.errors import ConfigError
-from discofilter.proxy import end_upstream
 from discofilter.settings import ServerSettings, Settings
 from discofilter.upstream import load_upstream
 
@@ -74,6 +87,36 @@ def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit to the hard one (two descriptors per open watch).
+    Returns (soft, hard) as they are now; a refusal leaves the limit as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft, hard
+
+
+async def drain(runner: web.AppRunner, runtime: Runtime, grace: float) -> None:
+    """The shutdown sequence of the module docstring, steps 1 to 3."""
+    started = time.monotonic()
+    for site in list(runner.sites):
+        await site.stop()
+    ended = runtime.proxy.registry.end_all("shutdown")
+    log.info(
+        "shutting down: stopped accepting; ended %d open watches; waiting up to %.1f s for %d requests",
+        ended,
+        grace,
+        runtime.proxy.in_flight - ended,
+    )
+    await runner.cleanup()  # waits for in-flight handlers up to the runner's shutdown_timeout
+    log.info("drained in %.1f s", time.monotonic() - started)
+
+
 async def serve(
     settings: Settings,
     *,
@@ -86,7 +129,12 @@ async def serve(
     ssl_ctx = server_ssl_context(settings.server)
     upstream = await load_upstream(settings.upstream)
     runtime, close = await build_runtime(settings, upstream)
-    proxy_runner = web.AppRunner(build_proxy_app(runtime), handler_cancellation=True, access_log=None)
+    proxy_runner = web.AppRunner(
+        build_proxy_app(runtime),
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_grace_seconds,
+    )
     health_runner = web.AppRunner(build_health_app(runtime), access_log=None)
     metrics_runner = web.AppRunner(build_metrics_listener_app(runtime), access_log=None)
     await proxy_runner.setup()
@@ -105,6 +153,9 @@ async def serve(
                 await web.TCPSite(metrics_runner, metrics_host, metrics_port).start()
             except OSError as exc:
                 raise ConfigError(f"cannot listen: {exc}") from exc
+            if settings.server.raise_nofile_limit:
+                soft, _ = raise_nofile_limit()
+                log.info("open-files limit %d: room for about %d concurrent watches", soft, soft // 2)
             scheme = "https" if ssl_ctx else "http"
             # The bound ports, not the asked ones: with port 0 the kernel picks, and the log must say which.
             bound = {
@@ -126,14 +177,11 @@ async def serve(
                 extra={**bound, "upstream": upstream.base_url, "scheme": scheme},
             )
             await stop.wait()
-            log.info("shutting down: ending %d open watches", len(runtime.proxy.registry.watches))
-            for w in list(runtime.proxy.registry.watches):
-                if w.upstream is not None:
-                    end_upstream(w.upstream)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proxy_runner.shutdown(), settings.server.shutdown_grace_seconds)
+            # Drained while the tracker still runs: in-flight filtered reads keep live membership.
+            await drain(proxy_runner, runtime, settings.server.shutdown_grace_seconds)
     finally:
-        await proxy_runner.cleanup()
+        if proxy_runner.server is not None:  # not drained: start-up failed or the loop was cancelled
+            await proxy_runner.cleanup()
         await health_runner.cleanup()
         await metrics_runner.cleanup()
         await close()

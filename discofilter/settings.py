@@ -28,7 +28,12 @@ class ServerSettings:
     """Attach discofilter's own credentials to client requests that carry none (like kubectl proxy).
     Off by default and refused on any non-loopback address: it must never lend privileges to the network."""
     shutdown_grace_seconds: float = 10.0
-    """How long in-flight LISTs may finish on SIGTERM; well under Kubernetes' default 30 s grace period."""
+    """How long in-flight LISTs may finish on SIGTERM; well under Kubernetes' default 30 s grace period.
+    Filtered watches do not wait for it: they are ended at an event boundary at once."""
+    raise_nofile_limit: bool = True
+    """Raise the soft RLIMIT_NOFILE to the hard limit at start-up: each open watch costs two file
+    descriptors (client and upstream socket), and the usual soft limit of 1024 caps a process at
+    about 500 watches, while the hard limit (often 1M in containers) does not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +43,12 @@ class UpstreamSettings:
     context: str | None = None
     connect_timeout_seconds: float = 10.0
     """A TCP+TLS connect to a healthy API server takes milliseconds; 10 s rides out a busy control plane."""
-    pool_size: int = 256
-    """Each open watch holds a connection (HTTP/1.1). 256 covers several istiods' watches with room."""
+    pool_size: int = 4096
+    """Upstream connections at once. Each open watch holds one for its whole life (HTTP/1.1), and a
+    request beyond the limit waits for a free one (aiohttp counts that wait in the connect timeout,
+    then the client gets a 502), so the limit must exceed the watches expected: one istiod opens a few
+    dozen; 1,000 were measured at ~40 KiB RSS and 2 fds each (docs/readme-faults.md). It still bounds
+    what a runaway client can make discofilter open."""
 
 
 WireFormat = Literal["native", "json"]
@@ -58,6 +67,12 @@ class WatchSettings:
     at ~5 KB each is ~750 MB of JSON; clients page such lists with limit/continue anyway."""
     read_chunk_bytes: int = 256 * 1024
     """Upstream read size: big enough that a 20 KB pod is one read, small enough to flush promptly."""
+    client_write_timeout_seconds: float = 30.0
+    """A watch whose client has not taken an event for this long is ended, and its connection dropped.
+    A client that stops reading holds at most one upstream read plus the socket buffers meanwhile
+    (discofilter stops reading upstream while a write waits). The API server's own watch cache drops
+    unresponsive watchers within a fraction of a second ("Forcing ... watcher close due to
+    unresponsiveness", apiserver cacher); 30 s is far past GC and scheduling pauses of a healthy client."""
     not_ready_retry_after_seconds: int = 1
     """Retry-After on the fail-closed 503: membership usually syncs within a second of start-up."""
 
@@ -75,12 +90,19 @@ class NamespaceWatchSettings:
     """...and caps it at 30 s."""
     short_watch_seconds: float = 1.0
     """client-go's VeryShortWatchError: a watch that ends within 1 s with no events means trouble."""
+    unknown_after_seconds: float = 120.0
+    """How long membership may go unconfirmed (the namespace list/watch failing, counted from its last
+    contact) before filtered requests fail closed (503) and open filtered watches are ended. Above
+    inactivity_seconds (70) plus one capped backoff (30), so a dead connection noticed late and
+    retried does not fail anything; the same as max_stale_seconds, so /readyz turns 503 (and a Service
+    stops sending clients here) when filtered reads start failing. Past it, a relabelled namespace
+    could be filtered under a membership minutes old: refusing is better than a guess."""
     max_stale_seconds: float = 120.0
     """How long after the namespace list/watch last delivered anything, once it is failing, /readyz
     still answers 200. Above inactivity_seconds (70) plus one capped backoff (30), so one dead
     connection noticed late and retried does not flip readiness; short enough that a mesh label change
-    missed for minutes is not served as truth. Filtered reads keep working meanwhile: readiness tells
-    the operator (and the kubelet) that membership may be behind, it does not fail them."""
+    missed for minutes is not served as truth. Filtered reads fail closed past unknown_after_seconds
+    (the same default)."""
 
 
 @dataclass(frozen=True, slots=True)

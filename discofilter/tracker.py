@@ -139,6 +139,7 @@ class NamespaceTracker:
         settings: NamespaceWatchSettings,
         on_change: Callable[[frozenset[str]], None],
         *,
+        on_unknown: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.membership = membership
@@ -160,6 +161,49 @@ class NamespaceTracker:
         self._silent = False
         """The last watch went silent past ``inactivity_seconds``: an accepted watch alone is then no
         proof of health (a server that accepts and says nothing would look healthy forever)."""
+        self.on_unknown = on_unknown
+        """Called once per outage when membership has gone unconfirmed past ``unknown_after_seconds``."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._unknown_signalled = False
+
+    def unknown_for(self) -> float:
+        """Seconds membership has gone unconfirmed: 0 while nothing fails (a quiet watch the API
+        server accepted is current however old its last event), infinite before the first LIST, and
+        once failing, the time since the last contact, when membership was last known right."""
+        if self.last_contact is None:
+            return float("inf")
+        if self.failing_since is None:
+            return 0.0
+        return max(0.0, self.clock() - self.last_contact)
+
+    def _confirmed(self) -> None:
+        """Membership is known again (a LIST came, a watch opened): re-arm the outage signal."""
+        self._unknown_signalled = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _arm_watchdog(self) -> None:
+        """Membership stopped being confirmed: signal ``on_unknown`` when the bound passes."""
+        if self.on_unknown is None or self._unknown_signalled or self._watchdog is not None:
+            return
+        delay = max(0.0, self.settings.unknown_after_seconds - self.unknown_for())
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_unknown)
+
+    def _check_unknown(self) -> None:
+        self._watchdog = None
+        if self.on_unknown is None or self._unknown_signalled or self.failing_since is None:
+            return
+        left = self.settings.unknown_after_seconds - self.unknown_for()
+        if left > 0:  # contact came meanwhile, then a new failure
+            self._arm_watchdog()
+            return
+        self._unknown_signalled = True
+        log.warning(
+            "mesh membership unconfirmed for %.1f s (namespace watch down): filtered requests fail closed",
+            self.unknown_for(),
+        )
+        self.on_unknown()
 
     @property
     def healthy(self) -> bool:
@@ -181,10 +225,12 @@ class NamespaceTracker:
         self.last_contact = self.clock()
         self.failing_since = None
         self._silent = False
+        self._confirmed()
 
     def _failing(self) -> None:
         if self.failing_since is None:
             self.failing_since = self.clock()
+        self._arm_watchdog()
 
     def _changed(self, changed: frozenset[str]) -> None:
         if changed:
@@ -248,6 +294,7 @@ class NamespaceTracker:
                     # but a failure to connect is over.
                     if not self._silent:
                         self.failing_since = None
+                        self._confirmed()
                     continue
                 got_any = True
                 self._contact()
@@ -276,6 +323,12 @@ class NamespaceTracker:
 
     async def run(self) -> None:
         """Run forever: list, watch, resume, relist on 410, back off on failures."""
+        try:
+            await self._run()
+        finally:
+            self._confirmed()  # no outage signal after the tracker has stopped
+
+    async def _run(self) -> None:
         rv: str | None = None
         while True:
             try:

@@ -31,6 +31,7 @@ class TLSUpstream:
     def __init__(self, ca: trustme.CA) -> None:
         self.ca = ca
         self.seen: list[tuple[str, str | None, str | None]] = []
+        self.impersonate: list[str | None] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peercert") if request.transport else None
@@ -38,6 +39,7 @@ class TLSUpstream:
         if peer:  # trustme puts the name in subjectAltName: (("DNS", name),)
             subject = peer["subjectAltName"][0][1]
         self.seen.append((request.path, request.headers.get("Authorization"), subject))
+        self.impersonate.append(request.headers.get("Impersonate-User"))
         name = "list-pods.json" if request.path == "/api/v1/pods" else "list-namespaces.json"
         return web.Response(body=fixtures.body(name), content_type="application/json")
 
@@ -67,9 +69,10 @@ def namespaces() -> FakeNamespaceSource:
     return src
 
 
+@pytest.mark.parametrize("impersonate", [None, "system:admin"])
 @pytest.mark.parametrize("client_token", [None, "Bearer istiod-own-token"])
 async def test_tls_listener_passes_the_clients_token_and_never_discofilters(
-    tmp_path: Path, client_token: str | None
+    tmp_path: Path, client_token: str | None, impersonate: str | None
 ) -> None:
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
@@ -98,6 +101,8 @@ async def test_tls_listener_passes_the_clients_token_and_never_discofilters(
             client_ctx = ssl.create_default_context()
             ca.configure_trust(client_ctx)
             headers = {"Authorization": client_token} if client_token else {}
+            if impersonate:  # the API server's to judge, with the client's identity or none
+                headers["Impersonate-User"] = impersonate
             async with aiohttp.ClientSession() as s:
                 for path in ("/api/v1/pods", "/api/v1/namespaces"):
                     async with s.get(df.url + path, ssl=client_ctx, headers=headers) as r:
@@ -107,6 +112,7 @@ async def test_tls_listener_passes_the_clients_token_and_never_discofilters(
     for _, token, cert in upstream.seen:
         assert token == client_token
         assert cert is None  # discofilter's client certificate never rides on a client's request
+    assert upstream.impersonate == [impersonate, impersonate]
 
 
 async def test_loopback_lending_uses_discofilters_cert_only_for_requests_without_a_token(

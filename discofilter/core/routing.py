@@ -59,7 +59,9 @@ PASSTHROUGH: Final = Route(RouteKind.PASSTHROUGH)
 
 
 def _is_canonical(path: str) -> bool:
-    if "%" in path or "\\" in path or "//" in path:
+    # "#": clients strip a fragment before sending, so the API server never sees one; aiohttp's client
+    # does too, so "/api/v1/pods#x" would reach the pods collection while reading as "pods#x" here.
+    if "%" in path or "\\" in path or "//" in path or "#" in path:
         return False
     segments = path.split("/")
     return not any(seg in (".", "..") for seg in segments)
@@ -87,6 +89,10 @@ def classify(method: str, raw_path: str, watch_values: Iterable[str] = ()) -> Ro
     fed to the list filter (or the reverse) fails closed, never open.
     """
     watch_values = tuple(watch_values)
+    if not raw_path.startswith("/"):
+        # Absolute-form ("GET http://host/api/v1/pods") is for forward proxies; the path the API
+        # server would serve is not what this module would read. Refused, whatever it names.
+        return Route(RouteKind.REJECTED, reason=f"request target must be a path: {raw_path!r}")
     if _is_canonical(raw_path):
         return _classify_canonical(method, raw_path, watch_values)
     # Subresources such as services/NAME/proxy/... legitimately carry encoded bytes, so only refuse a
@@ -94,7 +100,8 @@ def classify(method: str, raw_path: str, watch_values: Iterable[str] = ()) -> Ro
     # reaches a filtered collection: how the API server resolves it must not decide whether the
     # filter runs.
     decoded = unquote(raw_path)
-    readings = (raw_path, decoded, _resolve_dots(raw_path), _resolve_dots(decoded))
+    readings = [raw_path, decoded, _resolve_dots(raw_path), _resolve_dots(decoded)]
+    readings += [r.partition("#")[0] for r in readings if "#" in r]
     if any(_classify_canonical("GET", r, watch_values).filtered for r in readings):
         return Route(RouteKind.REJECTED, reason=f"non-canonical path to a filtered collection: {raw_path!r}")
     return PASSTHROUGH
