@@ -22,7 +22,7 @@ from discofilter.core.membership import Membership
 from discofilter.errors import DiscofilterError, NotReadyError
 from discofilter.kubeapi import status_body
 from discofilter.meshwatch import ConfigMapSource, KubernetesConfigMapSource, MeshWatcher
-from discofilter.metrics import build_metrics_app, make_request_metrics_middleware
+from discofilter.metrics import build_metrics_app, make_request_metrics_middleware, not_ready_reason
 from discofilter.proxy import Proxy, _Abort
 from discofilter.settings import Settings
 from discofilter.tracker import KubernetesNamespaceSource, NamespaceSource, NamespaceTracker
@@ -150,14 +150,9 @@ def build_health_app(runtime: Runtime) -> web.Application:
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
-        tracker = runtime.tracker
-        if not runtime.membership.synced:
-            return web.Response(status=503, text="mesh membership not synced yet\n")
-        if not tracker.fresh():
-            bound = runtime.settings.namespaces.max_stale_seconds
-            return web.Response(
-                status=503, text=f"namespace watch failing and membership stale for over {bound:.0f} s\n"
-            )
+        reason = not_ready_reason(runtime.proxy, runtime.tracker, runtime.membership)
+        if reason is not None:
+            return web.Response(status=503, text=reason)
         return web.Response(
             text=f"ok: {len(runtime.membership)} mesh namespaces of {runtime.membership.known}\n"
         )

@@ -36,6 +36,23 @@ access_log = logging.getLogger("discofilter.requests")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+def not_ready_reason(proxy: Proxy, tracker: NamespaceTracker, membership: Membership) -> str | None:
+    """Why ``/readyz`` answers 503 now, or None when ready; ``discofilter_ready`` reads the same rule.
+
+    Draining counts as not ready: on SIGTERM the listener closes at once, and a readiness probe that
+    still said ready would keep this pod in a Service's endpoints for clients that cannot connect.
+    """
+    if proxy.registry.draining:
+        return "shutting down\n"
+    if not membership.synced:
+        return "mesh membership not synced yet\n"
+    if not tracker.fresh():
+        bound = tracker.settings.max_stale_seconds
+        return f"namespace watch failing and membership stale for over {bound:.0f} s\n"
+    return None
+
+
 _WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -228,6 +245,16 @@ class DiscofilterCollector(Collector):
         unparseable.add_metric(["watch"], self.proxy.malformed_streams)
         unparseable.add_metric(["list"], stats.malformed_lists)
         yield unparseable
+        yield CounterMetricFamily(
+            "discofilter_slow_clients_ended",
+            "Watches ended because their client took nothing for client_write_timeout_seconds.",
+            value=self.proxy.slow_clients_ended,
+        )
+        yield GaugeMetricFamily(
+            "discofilter_in_flight_requests",
+            "Proxy requests being answered now, open watches included.",
+            value=self.proxy.in_flight,
+        )
 
     def _request_metrics(self) -> Iterator[Metric]:
         stats = self.proxy.stats
@@ -289,9 +316,8 @@ class DiscofilterCollector(Collector):
             "NaN before the first list.",
             value=age,
         )
-        yield GaugeMetricFamily(
-            "discofilter_ready", "1 while /readyz answers 200.", value=1.0 if self.tracker.fresh() else 0.0
-        )
+        ready = not_ready_reason(self.proxy, self.tracker, self.membership) is None
+        yield GaugeMetricFamily("discofilter_ready", "1 while /readyz answers 200.", value=float(ready))
 
 
 def build_metrics_app(

@@ -93,7 +93,7 @@ async def test_a_thousand_watches_on_one_process(tmp_path: Path) -> None:
         resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard)
     )  # this process: 3 fds per watch
     upstream = HeldWatches()
-    async with upstream.serve() as up_url, serve_process(tmp_path, up_url) as (proc, url):
+    async with upstream.serve() as up_url, serve_process(tmp_path, up_url) as (proc, url, _):
         ps = psutil.Process(proc.pid)
         host, port = url.removeprefix("http://").split(":")
         warm = [await open_watch(host, int(port)) for _ in range(20)]  # first-use allocations out of the way

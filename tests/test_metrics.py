@@ -115,6 +115,7 @@ async def test_open_watch_is_counted_live_and_a_membership_change_is_seen(tmp_pa
             samples = await scrape(df.metrics_url)
             # Still open: its filter's counts are read live, before the watch ends.
             assert value(samples, "discofilter_open_watches", resource="pods") == 1
+            assert value(samples, "discofilter_in_flight_requests") == 1  # the watch itself
             assert value(samples, "discofilter_watch_events_forwarded_total", resource="pods") == kept
             assert value(samples, "discofilter_mesh_namespaces") == len(MESH)
             assert value(samples, "discofilter_namespaces") == len(fixtures.manifest()["namespaces"])
@@ -126,6 +127,7 @@ async def test_open_watch_is_counted_live_and_a_membership_change_is_seen(tmp_pa
     assert value(samples, "discofilter_mesh_namespaces") == len(MESH) + 1
     assert value(samples, "discofilter_membership_changes_total") == changes + 1
     assert value(samples, "discofilter_watches_expired_total") == 1
+    assert value(samples, "discofilter_in_flight_requests") == 0
     assert value(samples, "discofilter_watch_events_forwarded_total", resource="pods") == kept
     assert value(samples, "discofilter_namespace_relists_total") == 1
     assert value(samples, "discofilter_namespace_watch_failures_total") == 0

@@ -66,13 +66,15 @@ def low_nofile_limit() -> None:
 @contextlib.asynccontextmanager
 async def serve_process(
     tmp_path: Path, sim_url: str, *extra: str
-) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], str, str]]:
+    """The real ``discofilter serve``, ready; yields (process, proxy URL, health URL)."""
     kc = write_kubeconfig(tmp_path / "kc", sim_url)
     port, hport = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "discofilter", "serve", "--kubeconfig", str(kc), "--listen",
-         f"127.0.0.1:{port}", "--health-listen", f"127.0.0.1:{hport}", *extra],
+         f"127.0.0.1:{port}", "--health-listen", f"127.0.0.1:{hport}", "--metrics-listen", "127.0.0.1:0",
+         *extra],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": ""},
         preexec_fn=low_nofile_limit,
     )  # fmt: skip
@@ -87,7 +89,7 @@ async def serve_process(
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("discofilter serve never became ready")
-        yield proc, f"http://127.0.0.1:{port}"
+        yield proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{hport}"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -125,7 +127,7 @@ async def watch_to_end(
 
 
 async def test_sigterm_ends_watches_cleanly_and_lets_lists_finish(tmp_path: Path) -> None:
-    async with simapi() as (store, sim_url), serve_process(tmp_path, sim_url) as (proc, url):
+    async with simapi() as (store, sim_url), serve_process(tmp_path, sim_url) as (proc, url, _):
         soft, hard = psutil.Process(proc.pid).rlimit(psutil.RLIMIT_NOFILE)
         assert soft == hard  # started at 1024 at most, raised to the hard limit (2 fds per watch)
         truth = {p["metadata"]["name"] for p in store.objects("pods") if p["metadata"]["namespace"] in MESH}
@@ -184,13 +186,10 @@ async def test_sigterm_ends_watches_cleanly_and_lets_lists_finish(tmp_path: Path
 
 
 async def test_a_list_beyond_the_grace_period_is_cut_never_completed_wrongly(tmp_path: Path) -> None:
-    grace = "0.3"
+    grace = "1.5"
     async with (
         simapi() as (_, sim_url),
-        serve_process(tmp_path, sim_url, "--shutdown-grace-seconds", grace) as (
-            proc,
-            url,
-        ),
+        serve_process(tmp_path, sim_url, "--shutdown-grace-seconds", grace) as (proc, url, health),
     ):
         host, port = url.removeprefix("http://").split(":")
         loop = asyncio.get_running_loop()
@@ -216,6 +215,11 @@ async def test_a_list_beyond_the_grace_period_is_cut_never_completed_wrongly(tmp
             return code
 
         exited = asyncio.create_task(asyncio.to_thread(wait_exit))
+        await asyncio.sleep(0.2)
+        # Draining is not ready: a Service stops sending clients to a listener that no longer accepts.
+        async with aiohttp.ClientSession() as s, s.get(health + "/readyz") as r:
+            assert (r.status, await r.text()) == (503, "shutting down\n")
+        assert not exit_time  # ...asked while the LIST was still in flight
         with contextlib.suppress(ConnectionError):
             while chunk := await asyncio.wait_for(loop.sock_recv(sock, 4096), 10):
                 body += chunk

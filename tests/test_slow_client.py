@@ -16,6 +16,7 @@ from aiohttp import web
 from discofilter.settings import Settings, WatchSettings
 from tests import fixtures
 from tests.test_faults import scripted, start_like, wait_for
+from tests.test_metrics import scrape, value
 
 MESH_EVENTS = [
     line
@@ -103,4 +104,6 @@ async def test_a_stalled_client_is_bounded_then_dropped_and_others_go_on(tmp_pat
                 line = await asyncio.wait_for(fast.content.readline(), 2)
                 assert orjson.loads(line)["object"]["metadata"]["namespace"] == "mesh-a"
             assert proxy.slow_clients_ended == 1
+            samples = await scrape(df.metrics_url)
+            assert value(samples, "discofilter_slow_clients_ended_total") == 1
         assert len(proxy.registry.watches) <= 1
