@@ -81,7 +81,9 @@ async def running_discofilter(
     wait_ready: bool = True,
 ) -> AsyncIterator[Running]:
     settings = settings or Settings()
-    server = replace(settings.server, host="127.0.0.1", port=free_port())
+    # Port 0 everywhere: the kernel picks and the runners say which; picking a free port first and
+    # binding it later races with every other test doing the same.
+    server = replace(settings.server, host="127.0.0.1", port=0)
     settings = replace(
         settings, server=server, upstream=replace(settings.upstream, kubeconfig=str(kubeconfig))
     )
@@ -96,18 +98,17 @@ async def running_discofilter(
     await runner.setup()
     await health.setup()
     await metrics.setup()
-    hport = free_port()
-    mport = free_port()
     try:
         async with tracker_running(runtime):
             await web.TCPSite(runner, "127.0.0.1", server.port, ssl_context=server_ssl).start()
-            await web.TCPSite(health, "127.0.0.1", hport).start()
-            await web.TCPSite(metrics, "127.0.0.1", mport).start()
+            await web.TCPSite(health, "127.0.0.1", 0).start()
+            await web.TCPSite(metrics, "127.0.0.1", 0).start()
+            port, hport, mport = (r.addresses[0][1] for r in (runner, health, metrics))
             if wait_ready:
                 await runtime.tracker.ready.wait()
             scheme = "https" if server_ssl else "http"
             yield Running(
-                f"{scheme}://127.0.0.1:{server.port}",
+                f"{scheme}://127.0.0.1:{port}",
                 f"http://127.0.0.1:{hport}",
                 runtime,
                 f"http://127.0.0.1:{mport}/metrics",
