@@ -1,6 +1,6 @@
 # discofilter's image: build a wheel, install it into a venv, copy the venv onto a clean slim Python.
 # The final stage has no compiler, no pip cache, no build tools and no source tree, and runs as a
-# numeric non-root user (so Kubernetes' runAsNonRoot can verify it). Size: docs/readme-deploy.md.
+# numeric non-root user (so Kubernetes' runAsNonRoot can verify it). Size: README.md, "The image".
 #   docker build -t discofilter:0.1.0 .
 #   docker run --rm discofilter:0.1.0 serve --help
 
@@ -26,7 +26,8 @@ ENV PATH=/opt/discofilter/bin:$PATH \
 COPY --from=build /opt/discofilter /opt/discofilter
 # 65532: the conventional "nonroot" uid/gid of distroless images; no entry in /etc/passwd is needed.
 USER 65532:65532
-# 15080 proxy (plain, loopback sidecar), 15443 proxy (TLS, standalone), 15081 /healthz and /readyz.
-EXPOSE 15080 15443 15081
+# 15080 proxy (plain, loopback sidecar), 15443 proxy (TLS, standalone), 15081 /healthz and /readyz,
+# 15082 /metrics.
+EXPOSE 15080 15443 15081 15082
 ENTRYPOINT ["discofilter"]
 CMD ["serve"]

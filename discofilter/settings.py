@@ -47,8 +47,8 @@ class UpstreamSettings:
     """Upstream connections at once. Each open watch holds one for its whole life (HTTP/1.1), and a
     request beyond the limit waits for a free one (aiohttp counts that wait in the connect timeout,
     then the client gets a 502), so the limit must exceed the watches expected: one istiod opens a few
-    dozen; 1,000 were measured at ~40 KiB RSS and 2 fds each (docs/readme-faults.md). It still bounds
-    what a runaway client can make discofilter open."""
+    dozen; 1,000 were measured at ~40 KiB RSS and 2 fds each (README, "What many watches cost"). It
+    still bounds what a runaway client can make discofilter open."""
 
 
 WireFormat = Literal["native", "json"]

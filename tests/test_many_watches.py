@@ -1,8 +1,8 @@
 """1,000 concurrent filtered watches on one real ``discofilter serve`` process: all are served, an
 event reaches every one, and what each costs is measured (RSS and file descriptors of the process).
 
-The numbers go to the test log and docs/readme-faults.md; the asserted bounds are loose on purpose
-(this is not a timing test): they catch a per-watch cost that grows by an order of magnitude.
+The numbers go to the test log and the README ("What many watches cost"); the asserted bounds are loose
+on purpose (this is not a timing test): they catch a per-watch cost that grows by an order of magnitude.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What discofilter promises about identity (docs/readme-faults.md, "Security"), checked at the wire.
+"""What discofilter promises about identity (README.md, "Security: the threat model"), checked at the wire.
 
 - It never injects credentials: without ``--upstream-credentials`` a request without Authorization
   reaches the API server without one; a client's own Authorization is never replaced.
