@@ -129,6 +129,12 @@ class Backoff:
         return min(delay, self.maximum)
 
 
+LOGGED_NAMESPACES = 100
+"""Namespaces named in one membership-change line. A mesh config change can admit thousands at once
+(``discoverySelectors`` edited, a relist after a long outage); one line of 100 names and a count stays
+readable and within what log pipelines accept (many cut lines at 16-64 KiB)."""
+
+
 class NamespaceTracker:
     """Drives ``Membership`` from a ``NamespaceSource``. ``ready`` is set after the first LIST."""
 
@@ -235,14 +241,19 @@ class NamespaceTracker:
     def _changed(self, changed: frozenset[str]) -> None:
         if changed:
             self.membership_changes += 1
+            names = sorted(changed)
+            shown = names[:LOGGED_NAMESPACES]
+            more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
             log.info(
-                "mesh membership changed: %s (now %d of %d namespaces, generation %d)",
-                ", ".join(sorted(changed)),
+                "mesh membership changed: %s%s (now %d of %d namespaces, generation %d)",
+                ", ".join(shown),
+                more,
                 len(self.membership),
                 self.membership.known,
                 self.membership.generation,
                 extra={
-                    "changed": sorted(changed),
+                    "changed": shown,
+                    "changed_count": len(names),
                     "mesh_namespaces": len(self.membership),
                     "namespaces": self.membership.known,
                     "generation": self.membership.generation,

@@ -155,3 +155,24 @@ async def test_expiry_right_after_a_relist_backs_off_instead_of_spinning() -> No
     async with h:
         await asyncio.sleep(0.5)
     assert 2 <= h.src.lists <= 12
+
+
+async def test_a_change_of_thousands_of_namespaces_is_one_bounded_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    async with h:
+        await h.until(lambda: h.src.open_watches == 1)
+        h.src.expire()
+        for i in range(3000):  # e.g. a relist after an outage in which a whole tenant joined the mesh
+            h.src.items[f"t-{i:04d}"] = {
+                "metadata": {"name": f"t-{i:04d}", "resourceVersion": "9", "labels": MESH}
+            }
+        with caplog.at_level("INFO", logger="discofilter.tracker"):
+            await h.until(lambda: len(h.membership) == 3000)
+    assert h.changes == [frozenset(f"t-{i:04d}" for i in range(3000))]  # every one reached the watches
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("mesh membership changed")]
+    assert "t-0099 and 2900 more (now 3000 of 3000" in line.getMessage()
+    assert "t-0100" not in line.getMessage()
+    assert len(line.getMessage()) < 2000
+    assert line.__dict__["changed_count"] == 3000 and len(line.__dict__["changed"]) == 100
