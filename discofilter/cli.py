@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, env, default, kind, what in (
         ("--shutdown-grace-seconds", "SHUTDOWN_GRACE_SECONDS", base.server.shutdown_grace_seconds, float,
          "how long in-flight requests may finish on SIGTERM"),
+        ("--tls-reload-seconds", "TLS_RELOAD_SECONDS", base.server.tls_reload_seconds, float,
+         "how often --tls-cert-file and --tls-key-file are checked for a new certificate"),
         ("--upstream-pool-size", "UPSTREAM_POOL_SIZE", base.upstream.pool_size, int,
          "upstream connections at once; each open watch holds one"),
         ("--client-write-timeout-seconds", "CLIENT_WRITE_TIMEOUT_SECONDS",
@@ -183,6 +185,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
             tls_key_file=args.tls_key_file,
             upstream_credentials=args.upstream_credentials,
             shutdown_grace_seconds=args.shutdown_grace_seconds,
+            tls_reload_seconds=args.tls_reload_seconds,
         ),
         upstream=UpstreamSettings(
             kubeconfig=args.kubeconfig, context=args.context, pool_size=int(args.upstream_pool_size)

@@ -26,6 +26,7 @@ import resource
 import signal
 import ssl
 import time
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
@@ -85,6 +86,49 @@ def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the serving certificate: {exc}") from exc
     return ctx
+
+
+async def follow_serving_cert(ctx: ssl.SSLContext, server: ServerSettings) -> None:
+    """Serve a renewed certificate to new connections without a restart; open ones keep theirs.
+
+    Each new version of the files is loaded into a fresh context, and the listener's context hands every
+    handshake to the newest one that loaded (its SNI callback, which OpenSSL calls on every ClientHello,
+    SNI or not, sets the connection's context). The listener's own context is never reloaded in place: a
+    ``load_cert_chain`` that fails on the key leaves the new certificate with the old key, and every
+    handshake after it fails (seen with a mismatched key). A version that does not load is logged once
+    and the current one stays.
+    """
+    assert server.tls_cert_file is not None and server.tls_key_file is not None
+    paths = (server.tls_cert_file, server.tls_key_file)
+    newest = ctx
+
+    def hand_over(conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if newest is not ctx:
+            conn.context = newest
+
+    ctx.sni_callback = hand_over
+
+    def read() -> bytes | None:
+        try:
+            return b"\0".join(Path(p).read_bytes() for p in paths)
+        except OSError:
+            return None
+
+    loaded, refused = read(), None
+    while True:
+        await asyncio.sleep(server.tls_reload_seconds)
+        now = read()
+        if now is None or now in (loaded, refused):
+            continue
+        try:
+            fresh = server_ssl_context(server)
+        except ConfigError as exc:
+            refused = now
+            log.error("%s; keeping the current one", exc)
+            continue
+        assert fresh is not None
+        newest, loaded, refused = fresh, now, None
+        log.info("serving certificate reloaded from %s", server.tls_cert_file)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -176,7 +220,12 @@ async def serve(
                 ", lending its own credentials to loopback clients" if srv.upstream_credentials else "",
                 extra={**bound, "upstream": upstream.base_url, "scheme": scheme},
             )
+            reload = None
+            if ssl_ctx is not None:
+                reload = asyncio.create_task(follow_serving_cert(ssl_ctx, srv), name="serving-cert")
             await stop.wait()
+            if reload is not None:
+                reload.cancel()
             # Drained while the tracker still runs: in-flight filtered reads keep live membership.
             await drain(proxy_runner, runtime, settings.server.shutdown_grace_seconds)
     finally:

@@ -24,6 +24,10 @@ class ServerSettings:
     tls_cert_file: str | None = None
     """Serve HTTPS, so that client-go sends its own bearer token (it sends none to http:// servers)."""
     tls_key_file: str | None = None
+    tls_reload_seconds: float = 60.0
+    """How often the serving certificate files are checked for a new version, which is then loaded for
+    new connections without a restart. kubelet updates a mounted Secret about a minute after it changes
+    and cert-manager renews at two thirds of a certificate's life, so a minute is far inside any window."""
     upstream_credentials: bool = False
     """Attach discofilter's own credentials to client requests that carry none (like kubectl proxy).
     Off by default and refused on any non-loopback address: it must never lend privileges to the network."""
