@@ -676,18 +676,21 @@ class Proxy:
         transport: asyncio.Transport | None,
     ) -> str | None:
         """Relay until upstream EOF. Returns why the stream had to be ended early, or None."""
+        read = resp.content.readany
+        feed = wf.feed_joined
         try:
             while True:
-                chunk = await resp.content.readany()
+                chunk = await read()
                 if not chunk:
                     break
                 if watch.stopped:
                     return None
-                kept = wf.feed(chunk)
+                kept = feed(chunk)
                 if kept:
-                    # One write per upstream read: whole events only, flushed now (never held for the
-                    # next one); awaiting it is the backpressure on a slow client.
-                    await self._write(out, kept[0] if len(kept) == 1 else b"".join(kept), transport)
+                    # One write per upstream read: whole events only (one bytes, joined once by the
+                    # filter), flushed now, never held for the next read; awaiting it is the
+                    # backpressure on a slow client.
+                    await self._write(out, kept, transport)
             if not watch.stopped:
                 wf.feed_eof()
         except StreamFramingError as exc:
@@ -720,7 +723,7 @@ class StreamFilter(FilterCounts, Protocol):
 
     last_kept: bytes | None
 
-    def feed(self, data: bytes) -> list[bytes]: ...
+    def feed_joined(self, data: bytes) -> bytes: ...
 
     def feed_eof(self) -> None: ...
 

@@ -163,6 +163,7 @@ class WatchFilter:
     __slots__ = (
         "_framer",
         "_members",
+        "_rest",
         "_use_fast",
         "bytes_in",
         "bytes_out",
@@ -182,12 +183,15 @@ class WatchFilter:
         self._framer = LineFramer(max_line_bytes)
         self._members = members
         self._use_fast = use_fast_path
+        self._rest = 0
         self.events_in = 0
         self.events_kept = 0
         self.events_dropped = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        # The last line forwarded: the client's resume point is the resourceVersion inside it.
+        # The last line forwarded: the client's resume point is the resourceVersion inside it. Sliced
+        # out once per read rather than kept as an offset into the read: that would hold a whole read
+        # (up to 256 KiB) per quiet watch.
         self.last_kept: bytes | None = None
 
     @property
@@ -195,34 +199,58 @@ class WatchFilter:
         return self._framer.buffered
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The kept events of ``data``, one bytes each (what the tests compare event by event)."""
+        out = self.feed_joined(data)
+        if not out:
+            return []
+        # Every kept event is one line ending in its only newline (Table rewrites included: orjson
+        # never writes a raw newline), so splitting the joined output gives the events back exactly.
+        return [line + b"\n" for line in out[:-1].split(b"\n")]
+
+    def feed_joined(self, data: bytes) -> bytes:
+        """The kept events of ``data`` as one bytes (b"" when none): what the relay writes.
+
+        Runs of consecutive kept events are taken as memoryview slices of the read and joined once, so a
+        kept byte is copied once, and a read that is kept whole comes back as itself, not copied at all.
+        """
         self.bytes_in += len(data)
         nl = data.find(b"\n")
         if nl < 0 or not self._use_fast:
-            return self._feed_lines(self._framer.feed(data))
-        kept: list[bytes] = []
+            return b"".join(self._feed_lines(self._framer.feed(data)))
+        pieces: list[bytes | memoryview] = []
         start = 0
         view = memoryview(data)
         if self._framer.buffered:
             # The rest of an event begun in an earlier read: joined once, then decided like the others.
             line = self._framer.complete(view[: nl + 1])
-            self._decide(line, 0, len(line) - 1, kept)
+            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces) >= 0:
+                self.last_kept = line
             start = nl + 1
             nl = data.find(b"\n", start)
-        start = self._decide(data, start, nl, kept)
-        if start < len(data):
-            self._framer.hold(view[start:])
-        if kept:
-            self.last_kept = kept[-1]
-        return kept
+        first = start
+        last = self._decide(data, view, start, nl, pieces)
+        if last >= 0:
+            self.last_kept = data[last : data.index(b"\n", last) + 1]
+        end = pieces[-1].nbytes if len(pieces) == 1 and isinstance(pieces[-1], memoryview) else -1
+        # A read kept whole is written on as it came.
+        out = data if first == 0 and end == len(data) else b"".join(pieces)
+        if self._rest < len(data):
+            self._framer.hold(view[self._rest :])
+        return out
 
-    def _decide(self, data: bytes, start: int, nl: int, kept: list[bytes]) -> int:
+    def _decide(
+        self, data: bytes, view: memoryview, start: int, nl: int, pieces: list[bytes | memoryview]
+    ) -> int:
         """The hot loop: decide the events of ``data`` from ``start`` (``nl`` is the first newline) in
-        place, by offset; only kept ones are sliced out. Returns where the unfinished rest begins."""
+        place, by offset; each run of consecutive kept events goes to ``pieces`` as one slice of ``view``.
+        Sets ``_rest`` to where the unfinished rest begins; returns where the last event kept by the fast
+        path begins, or -1 (an event kept by the slow path sets ``last_kept`` itself)."""
         members = self._members
         limit = self._framer.max_line_bytes
         match = _FAST.match
         find = data.find
         events = dropped = kept_bytes = 0
+        run = last = -1  # run: where the current run of kept events begins
         while nl >= 0:
             end = nl + 1
             if end - start > limit:
@@ -239,22 +267,34 @@ class WatchFilter:
                         ns = None
             elif nl > start and data[nl - 1] == 0x7D:
                 ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
-            if ns is None:
-                kept.extend(self._feed_lines([data[start:end]]))  # counts for itself
-            elif ns is _ALWAYS or ns in members:
-                kept.append(data[start:end])
+            if ns is not None and (ns is _ALWAYS or ns in members):
+                if run < 0:
+                    run = start
+                last = start
                 events += 1
                 kept_bytes += end - start
             else:
-                events += 1
-                dropped += 1
+                if run >= 0:
+                    pieces.append(view[run:start])
+                    run = -1
+                if ns is None:
+                    slow = self._feed_lines([data[start:end]])  # counts for itself
+                    if slow:
+                        pieces.extend(slow)
+                        last = -1
+                else:
+                    events += 1
+                    dropped += 1
             start = end
             nl = find(b"\n", start)
+        if run >= 0:
+            pieces.append(view[run:start])
+        self._rest = start
         self.events_in += events
         self.events_dropped += dropped
         self.events_kept += events - dropped
         self.bytes_out += kept_bytes
-        return start
+        return last
 
     def _feed_lines(self, lines: list[bytes]) -> list[bytes]:
         """Decide whole lines one by one (the slow path, and lines completed across reads)."""
