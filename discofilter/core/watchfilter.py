@@ -45,7 +45,11 @@ _FAST_ALWAYS: Final = re.compile(rb'\{"type":"(BOOKMARK|ERROR)","object":\{')
 _TYPES: Final = {t.encode(): t for t in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")}
 # What a decision is: the event type, and the namespace of an object event (None for BOOKMARK/ERROR).
 Verdict = tuple[str, str | None]
-_ALWAYS: Final = "\0always"  # _scan: a BOOKMARK or ERROR event, forwarded whatever its namespace
+_ALWAYS: Final = "\0always"
+_NO_REVISION: Final = object()
+_SEEN_MAX: Final = 16_384
+"""Namespaces remembered per watch (a cluster has at most 10k, the scalability limit): bounds the cache
+whatever the upstream sends."""  # _scan: a BOOKMARK or ERROR event, forwarded whatever its namespace
 
 
 def _scan(data: bytes, start: int, end: int) -> str | None:
@@ -164,6 +168,8 @@ class WatchFilter:
         "_framer",
         "_members",
         "_rest",
+        "_seen",
+        "_seen_revision",
         "_use_fast",
         "bytes_in",
         "bytes_out",
@@ -184,6 +190,12 @@ class WatchFilter:
         self._members = members
         self._use_fast = use_fast_path
         self._rest = 0
+        self._seen: dict[bytes, bool] = {}
+        """Namespace (as bytes) -> kept, so an event of a namespace seen before costs one dict lookup
+        instead of a decode and a membership test. Kept while ``members.revision`` (core.membership's
+        counter, bumped on every namespace LIST or event) stays the same; for other containers, one read
+        at most (nothing changes within one synchronous call)."""
+        self._seen_revision: object = _NO_REVISION
         self.events_in = 0
         self.events_kept = 0
         self.events_dropped = 0
@@ -217,20 +229,25 @@ class WatchFilter:
         nl = data.find(b"\n")
         if nl < 0 or not self._use_fast:
             return b"".join(self._feed_lines(self._framer.feed(data)))
+        revision = getattr(self._members, "revision", _NO_REVISION)
+        if revision != self._seen_revision or revision is _NO_REVISION:
+            # Membership moved on (or cannot say whether it did): decisions taken before are stale.
+            self._seen.clear()
+            self._seen_revision = revision
         pieces: list[bytes | memoryview] = []
         start = 0
         view = memoryview(data)
         if self._framer.buffered:
             # The rest of an event begun in an earlier read: joined once, then decided like the others.
             line = self._framer.complete(view[: nl + 1])
-            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces) >= 0:
+            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces)[0] >= 0:
                 self.last_kept = line
             start = nl + 1
             nl = data.find(b"\n", start)
         first = start
-        last = self._decide(data, view, start, nl, pieces)
+        last, last_end = self._decide(data, view, start, nl, pieces)
         if last >= 0:
-            self.last_kept = data[last : data.index(b"\n", last) + 1]
+            self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
         end = pieces[-1].nbytes if len(pieces) == 1 and isinstance(pieces[-1], memoryview) else -1
         # A read kept whole is written on as it came.
         out = data if first == 0 and end == len(data) else b"".join(pieces)
@@ -240,44 +257,53 @@ class WatchFilter:
 
     def _decide(
         self, data: bytes, view: memoryview, start: int, nl: int, pieces: list[bytes | memoryview]
-    ) -> int:
+    ) -> tuple[int, int]:
         """The hot loop: decide the events of ``data`` from ``start`` (``nl`` is the first newline) in
         place, by offset; each run of consecutive kept events goes to ``pieces`` as one slice of ``view``.
         Sets ``_rest`` to where the unfinished rest begins; returns where the last event kept by the fast
-        path begins, or -1 (an event kept by the slow path sets ``last_kept`` itself)."""
+        path begins and ends, or -1 (an event kept by the slow path sets ``last_kept`` itself)."""
         members = self._members
         limit = self._framer.max_line_bytes
         match = _FAST.match
         find = data.find
+        seen = self._seen
         events = dropped = kept_bytes = 0
-        run = last = -1  # run: where the current run of kept events begins
+        run = last = last_end = -1  # run: where the current run of kept events begins
         while nl >= 0:
             end = nl + 1
             if end - start > limit:
                 self._framer.feed(data[start:end])  # raises ObjectTooLargeError
             # _scan, inlined for the common case (a call costs as much as the find).
             m = match(data, start, end) if data[nl - 1] == 0x7D else None
-            ns: str | None = None
+            keep: bool | None = None  # None: the fast path cannot tell, the slow path decides
             if m is not None:
                 a, b = m.span(1)
                 if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
-                    try:
-                        ns = data[a:b].decode()
-                    except UnicodeDecodeError:
-                        ns = None
+                    key = data[a:b]
+                    keep = seen.get(key)
+                    if keep is None:
+                        try:
+                            keep = key.decode() in members
+                        except UnicodeDecodeError:
+                            keep = None
+                        else:
+                            if len(seen) < _SEEN_MAX:
+                                seen[key] = keep
             elif nl > start and data[nl - 1] == 0x7D:
                 ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
-            if ns is not None and (ns is _ALWAYS or ns in members):
+                if ns is not None:
+                    keep = ns is _ALWAYS or ns in members
+            if keep:
                 if run < 0:
                     run = start
-                last = start
+                last, last_end = start, end
                 events += 1
                 kept_bytes += end - start
             else:
                 if run >= 0:
                     pieces.append(view[run:start])
                     run = -1
-                if ns is None:
+                if keep is None:
                     slow = self._feed_lines([data[start:end]])  # counts for itself
                     if slow:
                         pieces.extend(slow)
@@ -294,7 +320,7 @@ class WatchFilter:
         self.events_dropped += dropped
         self.events_kept += events - dropped
         self.bytes_out += kept_bytes
-        return last
+        return last, last_end
 
     def _feed_lines(self, lines: list[bytes]) -> list[bytes]:
         """Decide whole lines one by one (the slow path, and lines completed across reads)."""

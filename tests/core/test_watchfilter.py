@@ -5,6 +5,8 @@ from collections import Counter
 import orjson
 import pytest
 
+from discofilter.core.membership import Membership
+from discofilter.core.selectors import DEFAULT_MESH_SELECTORS
 from discofilter.core.watchfilter import WatchFilter, classify_fast, classify_slow, event_resource_version
 from discofilter.errors import ObjectTooLargeError, StreamFramingError
 from tests import fixtures
@@ -210,3 +212,24 @@ def test_a_read_kept_whole_is_passed_on_uncopied_and_runs_skip_dropped_events() 
     assert wf.feed_joined(kept_b[10:] + dropped) == kept_b  # the event straddling two reads
     assert wf.last_kept == kept_b
     assert (wf.events_in, wf.events_kept, wf.events_dropped) == (10, 6, 4)
+
+
+def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
+    """The filter remembers namespace decisions only while the membership's revision stands still: a
+    namespace that joins (or leaves) between two reads is decided afresh on the next one."""
+    ns = {"metadata": {"name": "shop", "labels": {}}}
+    joined = {"metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}}
+    membership = Membership(DEFAULT_MESH_SELECTORS)
+    membership.replace([ns], "10")
+    ev = _event(b'{"name":"a","namespace":"shop"}')
+    wf = WatchFilter(membership)
+    assert wf.feed_joined(ev + ev) == b""
+    membership.apply("MODIFIED", joined)
+    assert wf.feed_joined(ev) == ev
+    membership.apply("MODIFIED", ns)
+    assert wf.feed_joined(ev) == b""
+    plain: set[str] = set()  # a container without a revision: decided afresh on every read
+    wf = WatchFilter(plain)
+    assert wf.feed_joined(ev) == b""
+    plain.add("shop")
+    assert wf.feed_joined(ev) == ev
