@@ -683,7 +683,7 @@ class Proxy:
                 chunk = await read()
                 if not chunk:
                     break
-                if watch.stopped:
+                if watch.expired or watch.closing is not None:  # watch.stopped, inlined: once per read
                     return None
                 kept = feed(chunk)
                 if kept:
