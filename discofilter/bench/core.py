@@ -12,9 +12,9 @@ Three corpora of pod events:
   namespace 63: the fast path's worst case, every event kept.
 
 Each stream is cut into 64 KiB reads (what a socket read hands over at saturation; events straddle
-reads). Three measurements per corpus: ``WatchFilter.feed`` over the reads; ``orjson.loads`` of every
-event (what a decoding proxy does at the least); a copy of every read (the floor: any proxy touches
-every byte at least once).
+reads). Three measurements per corpus: ``WatchFilter.feed_joined`` (what the relay calls) over the
+reads; ``orjson.loads`` of every event (what a decoding proxy does at the least); a copy of every read
+(the floor: any proxy touches every byte at least once).
 """
 
 from __future__ import annotations
