@@ -45,11 +45,7 @@ _FAST_ALWAYS: Final = re.compile(rb'\{"type":"(BOOKMARK|ERROR)","object":\{')
 _TYPES: Final = {t.encode(): t for t in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")}
 # What a decision is: the event type, and the namespace of an object event (None for BOOKMARK/ERROR).
 Verdict = tuple[str, str | None]
-_ALWAYS: Final = "\0always"
-_NO_REVISION: Final = object()
-_SEEN_MAX: Final = 16_384
-"""Namespaces remembered per watch (a cluster has at most 10k, the scalability limit): bounds the cache
-whatever the upstream sends."""  # _scan: a BOOKMARK or ERROR event, forwarded whatever its namespace
+_ALWAYS: Final = "\0always"  # _scan: a BOOKMARK or ERROR event, forwarded whatever its namespace
 
 
 def _scan(data: bytes, start: int, end: int) -> str | None:
@@ -168,8 +164,6 @@ class WatchFilter:
         "_framer",
         "_members",
         "_rest",
-        "_seen",
-        "_seen_revision",
         "_use_fast",
         "bytes_in",
         "bytes_out",
@@ -190,12 +184,6 @@ class WatchFilter:
         self._members = members
         self._use_fast = use_fast_path
         self._rest = 0
-        self._seen: dict[bytes, bool] = {}
-        """Namespace (as bytes) -> kept, so an event of a namespace seen before costs one dict lookup
-        instead of a decode and a membership test. Kept while ``members.revision`` (core.membership's
-        counter, bumped on every namespace LIST or event) stays the same; for other containers, one read
-        at most (nothing changes within one synchronous call)."""
-        self._seen_revision: object = _NO_REVISION
         self.events_in = 0
         self.events_kept = 0
         self.events_dropped = 0
@@ -229,11 +217,6 @@ class WatchFilter:
         nl = data.find(b"\n")
         if nl < 0 or not self._use_fast:
             return b"".join(self._feed_lines(self._framer.feed(data)))
-        revision = getattr(self._members, "revision", _NO_REVISION)
-        if revision != self._seen_revision or revision is _NO_REVISION:
-            # Membership moved on (or cannot say whether it did): decisions taken before are stale.
-            self._seen.clear()
-            self._seen_revision = revision
         pieces: list[bytes | memoryview] = []
         start = 0
         view = memoryview(data)
@@ -266,7 +249,6 @@ class WatchFilter:
         limit = self._framer.max_line_bytes
         match = _FAST.match
         find = data.find
-        seen = self._seen
         events = dropped = kept_bytes = 0
         run = last = last_end = -1  # run: where the current run of kept events begins
         while nl >= 0:
@@ -279,16 +261,10 @@ class WatchFilter:
             if m is not None:
                 a, b = m.span(1)
                 if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
-                    key = data[a:b]
-                    keep = seen.get(key)
-                    if keep is None:
-                        try:
-                            keep = key.decode() in members
-                        except UnicodeDecodeError:
-                            keep = None
-                        else:
-                            if len(seen) < _SEEN_MAX:
-                                seen[key] = keep
+                    try:
+                        keep = data[a:b].decode() in members
+                    except UnicodeDecodeError:
+                        keep = None
             elif nl > start and data[nl - 1] == 0x7D:
                 ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
                 if ns is not None:

@@ -215,8 +215,8 @@ def test_a_read_kept_whole_is_passed_on_uncopied_and_runs_skip_dropped_events() 
 
 
 def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
-    """The filter remembers namespace decisions only while the membership's revision stands still: a
-    namespace that joins (or leaves) between two reads is decided afresh on the next one."""
+    """The live membership decides every read: a namespace that joins (or leaves) between two reads is
+    decided afresh on the next one (nothing of an earlier decision is kept)."""
     ns = {"metadata": {"name": "shop", "labels": {}}}
     joined = {"metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}}
     membership = Membership(DEFAULT_MESH_SELECTORS)
@@ -228,7 +228,7 @@ def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
     assert wf.feed_joined(ev) == ev
     membership.apply("MODIFIED", ns)
     assert wf.feed_joined(ev) == b""
-    plain: set[str] = set()  # a container without a revision: decided afresh on every read
+    plain: set[str] = set()  # any container will do
     wf = WatchFilter(plain)
     assert wf.feed_joined(ev) == b""
     plain.add("shop")
