@@ -35,7 +35,7 @@ from discofilter.core.membership import Membership
 from discofilter.core.protolist import filter_proto_list
 from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
 from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify
-from discofilter.core.watchfilter import WatchFilter, event_resource_version
+from discofilter.core.watchfilter import NamespaceDecisions, WatchFilter, event_resource_version
 from discofilter.errors import (
     ForbiddenError,
     NotAcceptableError,
@@ -180,6 +180,8 @@ class Proxy:
         self.membership_unknown_for: Callable[[], float] = lambda: 0.0
         """Seconds mesh membership has gone unconfirmed; the namespace tracker sets it (app.py)."""
         self.stats = ProxyStats()
+        self.decisions = NamespaceDecisions()
+        """The JSON watch filters' namespace decisions, shared by every watch (see WatchFilter)."""
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -598,8 +600,9 @@ class Proxy:
             event: Callable[[int, str, str], bytes]
             rv_of: Callable[[bytes], str | None]
             if is_json_content_type(ctype):
+                decisions = self.decisions if members is self.membership else None
                 wf, event, rv_of = (
-                    WatchFilter(members, max_line_bytes=limit),
+                    WatchFilter(members, max_line_bytes=limit, decisions=decisions),
                     error_event,
                     event_resource_version,
                 )

@@ -153,6 +153,23 @@ class _TableEvent(Exception):
         self.event = event
 
 
+class NamespaceDecisions:
+    """Namespace (as bytes) -> kept, shared by every watch filtered against one live membership, so an
+    event of a namespace seen before costs one dict lookup instead of a decode and a Python-level
+    membership test. Valid while ``members.revision`` (core.membership: bumped on every namespace LIST
+    or event) stands still; cleared on the first read after it moves. One per process, not per watch:
+    a thousand watches must not each hold a copy (the RSS goal is 100 MB)."""
+
+    __slots__ = ("kept", "revision")
+
+    MAX: Final = 16_384
+    """Entries at most, whatever the upstream sends (a cluster has at most 10k namespaces)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[bytes, bool] = {}
+        self.revision: object = None
+
+
 class WatchFilter:
     """Feed JSON watch-body chunks; get back the kept event lines, unchanged.
 
@@ -161,6 +178,7 @@ class WatchFilter:
     """
 
     __slots__ = (
+        "_decisions",
         "_framer",
         "_members",
         "_rest",
@@ -179,8 +197,11 @@ class WatchFilter:
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         use_fast_path: bool = True,
+        decisions: NamespaceDecisions | None = None,
     ) -> None:
         self._framer = LineFramer(max_line_bytes)
+        # Shared decisions only for a container that says when it changes (core.membership.Membership).
+        self._decisions = decisions if hasattr(members, "revision") else None
         self._members = members
         self._use_fast = use_fast_path
         self._rest = 0
@@ -217,18 +238,27 @@ class WatchFilter:
         nl = data.find(b"\n")
         if nl < 0 or not self._use_fast:
             return b"".join(self._feed_lines(self._framer.feed(data)))
+        decisions = self._decisions
+        if decisions is None:
+            seen: dict[bytes, bool] = {}  # this read only: nothing changes within one synchronous call
+        else:
+            revision = getattr(self._members, "revision", None)
+            if revision != decisions.revision:  # membership moved on: earlier decisions are stale
+                decisions.kept.clear()
+                decisions.revision = revision
+            seen = decisions.kept
         pieces: list[bytes | memoryview] = []
         start = 0
         view = memoryview(data)
         if self._framer.buffered:
             # The rest of an event begun in an earlier read: joined once, then decided like the others.
             line = self._framer.complete(view[: nl + 1])
-            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces)[0] >= 0:
+            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces, seen)[0] >= 0:
                 self.last_kept = line
             start = nl + 1
             nl = data.find(b"\n", start)
         first = start
-        last, last_end = self._decide(data, view, start, nl, pieces)
+        last, last_end = self._decide(data, view, start, nl, pieces, seen)
         if last >= 0:
             self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
         end = pieces[-1].nbytes if len(pieces) == 1 and isinstance(pieces[-1], memoryview) else -1
@@ -239,7 +269,13 @@ class WatchFilter:
         return out
 
     def _decide(
-        self, data: bytes, view: memoryview, start: int, nl: int, pieces: list[bytes | memoryview]
+        self,
+        data: bytes,
+        view: memoryview,
+        start: int,
+        nl: int,
+        pieces: list[bytes | memoryview],
+        seen: dict[bytes, bool],
     ) -> tuple[int, int]:
         """The hot loop: decide the events of ``data`` from ``start`` (``nl`` is the first newline) in
         place, by offset; each run of consecutive kept events goes to ``pieces`` as one slice of ``view``.
@@ -261,10 +297,16 @@ class WatchFilter:
             if m is not None:
                 a, b = m.span(1)
                 if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
-                    try:
-                        keep = data[a:b].decode() in members
-                    except UnicodeDecodeError:
-                        keep = None
+                    key = data[a:b]
+                    keep = seen.get(key)
+                    if keep is None:
+                        try:
+                            keep = key.decode() in members
+                        except UnicodeDecodeError:
+                            keep = None
+                        else:
+                            if len(seen) < NamespaceDecisions.MAX:
+                                seen[key] = keep
             elif nl > start and data[nl - 1] == 0x7D:
                 ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
                 if ns is not None:
@@ -364,6 +406,7 @@ def event_resource_version(line: bytes) -> str | None:
 
 __all__ = [
     "OBJECT_EVENT_TYPES",
+    "NamespaceDecisions",
     "WatchFilter",
     "classify_fast",
     "classify_slow",

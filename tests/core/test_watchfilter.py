@@ -7,7 +7,13 @@ import pytest
 
 from discofilter.core.membership import Membership
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS
-from discofilter.core.watchfilter import WatchFilter, classify_fast, classify_slow, event_resource_version
+from discofilter.core.watchfilter import (
+    NamespaceDecisions,
+    WatchFilter,
+    classify_fast,
+    classify_slow,
+    event_resource_version,
+)
 from discofilter.errors import ObjectTooLargeError, StreamFramingError
 from tests import fixtures
 from tests.helpers import feed_every_split, fixture_names, manifest_entry, splits
@@ -215,21 +221,26 @@ def test_a_read_kept_whole_is_passed_on_uncopied_and_runs_skip_dropped_events() 
 
 
 def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
-    """The live membership decides every read: a namespace that joins (or leaves) between two reads is
-    decided afresh on the next one (nothing of an earlier decision is kept)."""
+    """Decisions shared between watches (NamespaceDecisions) hold only while the membership's revision
+    stands still: a namespace that joins or leaves between two reads is decided afresh on the next read
+    of every watch sharing them."""
     ns = {"metadata": {"name": "shop", "labels": {}}}
     joined = {"metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}}
     membership = Membership(DEFAULT_MESH_SELECTORS)
     membership.replace([ns], "10")
     ev = _event(b'{"name":"a","namespace":"shop"}')
-    wf = WatchFilter(membership)
-    assert wf.feed_joined(ev + ev) == b""
+    decisions = NamespaceDecisions()
+    first, second = (WatchFilter(membership, decisions=decisions) for _ in range(2))
+    assert first.feed_joined(ev + ev) == b""
+    assert decisions.kept == {b"shop": False}
     membership.apply("MODIFIED", joined)
-    assert wf.feed_joined(ev) == ev
+    assert second.feed_joined(ev) == ev
+    assert first.feed_joined(ev) == ev
     membership.apply("MODIFIED", ns)
-    assert wf.feed_joined(ev) == b""
-    plain: set[str] = set()  # any container will do
-    wf = WatchFilter(plain)
+    assert first.feed_joined(ev) == b""
+    assert second.feed_joined(ev) == b""
+    plain: set[str] = set()  # a container that cannot say when it changes: decided on every read
+    wf = WatchFilter(plain, decisions=decisions)
     assert wf.feed_joined(ev) == b""
     plain.add("shop")
     assert wf.feed_joined(ev) == ev
