@@ -156,8 +156,10 @@ class _TableEvent(Exception):
 class NamespaceDecisions:
     """Namespace (as bytes) -> kept, shared by every watch filtered against one live membership, so an
     event of a namespace seen before costs one dict lookup instead of a decode and a Python-level
-    membership test. Valid while ``members.revision`` (core.membership: bumped on every namespace LIST
-    or event) stands still; cleared on the first read after it moves. One per process, not per watch:
+    membership test. Valid while ``members.revision`` and ``members.generation`` stand still
+    (core.membership bumps the first on every namespace LIST or event, the second on every change of
+    membership after the first sync, a selector change included); cleared on the first read after
+    either moves. One per process, not per watch:
     a thousand watches must not each hold a copy (the RSS goal is 100 MB)."""
 
     __slots__ = ("kept", "revision")
@@ -242,7 +244,10 @@ class WatchFilter:
         if decisions is None:
             seen: dict[bytes, bool] = {}  # this read only: nothing changes within one synchronous call
         else:
-            revision = getattr(self._members, "revision", None)
+            # Membership's content changes only in its _recompute: after the first sync every change
+            # bumps generation (set_selectors included), and every LIST or event bumps revision.
+            members = self._members
+            revision = (getattr(members, "revision", None), getattr(members, "generation", None))
             if revision != decisions.revision:  # membership moved on: earlier decisions are stale
                 decisions.kept.clear()
                 decisions.revision = revision

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from discofilter.core.membership import Membership
-from discofilter.core.selectors import DEFAULT_MESH_SELECTORS
+from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet, parse_selector
 from discofilter.core.watchfilter import (
     NamespaceDecisions,
     WatchFilter,
@@ -224,8 +224,8 @@ def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
     """Decisions shared between watches (NamespaceDecisions) hold only while the membership's revision
     stands still: a namespace that joins or leaves between two reads is decided afresh on the next read
     of every watch sharing them."""
-    ns = {"metadata": {"name": "shop", "labels": {}}}
-    joined = {"metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}}
+    ns = {"metadata": {"name": "shop", "labels": {"team": "a"}}}
+    joined = {"metadata": {"name": "shop", "labels": {"team": "a", "istio-injection": "enabled"}}}
     membership = Membership(DEFAULT_MESH_SELECTORS)
     membership.replace([ns], "10")
     ev = _event(b'{"name":"a","namespace":"shop"}')
@@ -239,6 +239,9 @@ def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
     membership.apply("MODIFIED", ns)
     assert first.feed_joined(ev) == b""
     assert second.feed_joined(ev) == b""
+    # A selector change (Istio's discoverySelectors) changes membership without a namespace event.
+    membership.set_selectors(SelectorSet((parse_selector("team=a"),)))
+    assert first.feed_joined(ev) == ev
     plain: set[str] = set()  # a container that cannot say when it changes: decided on every read
     wf = WatchFilter(plain, decisions=decisions)
     assert wf.feed_joined(ev) == b""
