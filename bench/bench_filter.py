@@ -6,7 +6,8 @@ Run it with::
 
 (the project's pytest configuration disables benchmarks for the test suite, hence ``--benchmark-enable``).
 
-The code under test is ``discofilter.core`` only: ``WatchFilter.feed``. For comparison, on the same events:
+The code under test is ``discofilter.core`` only: ``WatchFilter.feed_joined``. For comparison, on the same
+events:
 a full ``orjson.loads`` of every event (what any decoding proxy does at the least), and a copy of every read
 (the floor: a proxy touches every byte at least once). The corpora and the three measurements come from
 ``discofilter.bench.core`` (pod watch events built from real kube-apiserver captures, cut into 64 KiB

@@ -35,7 +35,7 @@ from discofilter.core.membership import Membership
 from discofilter.core.protolist import filter_proto_list
 from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
 from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify
-from discofilter.core.watchfilter import WatchFilter, event_resource_version
+from discofilter.core.watchfilter import NamespaceDecisions, WatchFilter, event_resource_version
 from discofilter.errors import (
     ForbiddenError,
     NotAcceptableError,
@@ -180,6 +180,8 @@ class Proxy:
         self.membership_unknown_for: Callable[[], float] = lambda: 0.0
         """Seconds mesh membership has gone unconfirmed; the namespace tracker sets it (app.py)."""
         self.stats = ProxyStats()
+        self.decisions = NamespaceDecisions()
+        """The JSON watch filters' namespace decisions, shared by every watch (see WatchFilter)."""
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -598,8 +600,9 @@ class Proxy:
             event: Callable[[int, str, str], bytes]
             rv_of: Callable[[bytes], str | None]
             if is_json_content_type(ctype):
+                decisions = self.decisions if members is self.membership else None
                 wf, event, rv_of = (
-                    WatchFilter(members, max_line_bytes=limit),
+                    WatchFilter(members, max_line_bytes=limit, decisions=decisions),
                     error_event,
                     event_resource_version,
                 )
@@ -676,18 +679,21 @@ class Proxy:
         transport: asyncio.Transport | None,
     ) -> str | None:
         """Relay until upstream EOF. Returns why the stream had to be ended early, or None."""
+        read = resp.content.readany
+        feed = wf.feed_joined
         try:
             while True:
-                chunk = await resp.content.readany()
+                chunk = await read()
                 if not chunk:
                     break
-                if watch.stopped:
+                if watch.expired or watch.closing is not None:  # watch.stopped, inlined: once per read
                     return None
-                kept = wf.feed(chunk)
+                kept = feed(chunk)
                 if kept:
-                    # One write per upstream read: whole events only, flushed now (never held for the
-                    # next one); awaiting it is the backpressure on a slow client.
-                    await self._write(out, kept[0] if len(kept) == 1 else b"".join(kept), transport)
+                    # One write per upstream read: whole events only (one bytes, joined once by the
+                    # filter), flushed now, never held for the next read; awaiting it is the
+                    # backpressure on a slow client.
+                    await self._write(out, kept, transport)
             if not watch.stopped:
                 wf.feed_eof()
         except StreamFramingError as exc:
@@ -720,7 +726,7 @@ class StreamFilter(FilterCounts, Protocol):
 
     last_kept: bytes | None
 
-    def feed(self, data: bytes) -> list[bytes]: ...
+    def feed_joined(self, data: bytes) -> bytes: ...
 
     def feed_eof(self) -> None: ...
 

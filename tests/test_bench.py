@@ -211,3 +211,29 @@ async def test_cluster_mode_refuses_a_namespace_it_did_not_create(
     assert store.get("namespaces", None, "someone-elses") == original  # not relabelled, not deleted
     assert [o["metadata"]["name"] for o in store.objects("pods", "someone-elses")] == ["keep-me"]
     assert "someone-elses-plain" not in namespaces(store)
+
+
+async def test_paced_pump_sends_every_event_as_its_own_chunk() -> None:
+    """``benchRate`` (the one-event-per-read case bench/hotpath.py measures): the paced pump walks the
+    recording chunk by chunk and sends every event intact, in order, each as one HTTP chunk."""
+    from discofilter.bench.pump import Recording, frame_chunks, serve_pump
+
+    lines = [b'{"type":"ADDED","object":{"n":"' + b"x" * (i * 1000) + b'"}}\n' for i in range(5)]
+    server, url = await serve_pump(Recording("7", {"/api/v1/pods": frame_chunks(lines)}, b"{}"))
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"GET /api/v1/pods?watch=1&resourceVersion=7&benchRate=1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"Transfer-Encoding: chunked" in head
+            chunks = []
+            for _ in lines:
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                chunks.append((await reader.readexactly(size + 2))[:-2])
+            assert chunks == lines
+            writer.close()
+    finally:
+        server.close()

@@ -12,9 +12,9 @@ Three corpora of pod events:
   namespace 63: the fast path's worst case, every event kept.
 
 Each stream is cut into 64 KiB reads (what a socket read hands over at saturation; events straddle
-reads). Three measurements per corpus: ``WatchFilter.feed`` over the reads; ``orjson.loads`` of every
-event (what a decoding proxy does at the least); a copy of every read (the floor: any proxy touches
-every byte at least once).
+reads). Three measurements per corpus: ``WatchFilter.feed_joined`` (what the relay calls) over the
+reads; ``orjson.loads`` of every event (what a decoding proxy does at the least); a copy of every read
+(the floor: any proxy touches every byte at least once).
 """
 
 from __future__ import annotations
@@ -102,11 +102,11 @@ def build_corpora(events: int = CORPUS_EVENTS, seed: int = 1) -> list[Corpus]:
 
 def run_filter(corpus: Corpus) -> int:
     wf = WatchFilter(corpus.members)
-    kept = 0
+    feed = wf.feed_joined  # what the relay calls: one bytes per read
     for chunk in corpus.reads:
-        kept += len(wf.feed(chunk))
+        feed(chunk)
     wf.feed_eof()
-    return kept
+    return wf.events_kept
 
 
 def run_parse(corpus: Corpus) -> int:

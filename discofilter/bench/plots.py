@@ -86,7 +86,11 @@ def latency(r: JsonObj, samples: Mapping[str, Sequence[float]], out: Path) -> Pa
 def core(r: JsonObj, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     corpora = list(r["core"])
-    kinds = [("watchfilter", "WatchFilter.feed"), ("orjson_parse", "orjson.loads"), ("copy", "copy (floor)")]
+    kinds = [
+        ("watchfilter", "WatchFilter.feed_joined"),
+        ("orjson_parse", "orjson.loads"),
+        ("copy", "copy (floor)"),
+    ]
     width = 0.8 / len(kinds)
     for k, (key, label) in enumerate(kinds):
         xs = [i + (k - 1) * width for i in range(len(corpora))]

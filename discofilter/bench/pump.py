@@ -11,7 +11,8 @@ It is a minimal HTTP/1.1 server (asyncio ``Protocol``, no aiohttp) that answers 
 and clients ask during saturation:
 
 - ``GET {pods,services,endpoints,endpointslices}?watch=1&resourceVersion=START``: the recorded stream
-  (``benchLoops`` times over with that extra query parameter, for trials long enough to time), then the
+  (``benchLoops`` times over with that extra query parameter, for trials long enough to time; with
+  ``benchRate`` one event per write at that many events/s), then the
   connection stays open as a watch does, until ``timeoutSeconds`` or the client goes;
 - ``GET /api/v1/namespaces`` (discofilter's and the naive proxy's membership): the recorded list; with
   ``watch`` a silent watch (membership does not change during saturation);
@@ -117,32 +118,59 @@ class _Connection(asyncio.Protocol):
             self._stream(b"", timeout)
         elif watch and path in self.recording.streams and q.get("resourceVersion") == self.recording.start_rv:
             loops = int(q["benchLoops"]) if q.get("benchLoops", "").isdigit() else 1
-            self._stream(self.recording.streams[path], timeout, loops)
+            rate = float(q.get("benchRate") or 0)
+            self._stream(self.recording.streams[path], timeout, loops, rate)
         else:
             self._send("404 Not Found", _NOT_FOUND)
 
-    def _stream(self, body: bytes, timeout: float, loops: int = 1) -> None:
+    def _stream(self, body: bytes, timeout: float, loops: int = 1, rate: float = 0.0) -> None:
         assert self.transport is not None
         self.busy = True
         headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
         self.transport.write(self._head("200 OK", headers))
-        self.task = asyncio.create_task(self._pump(memoryview(body), timeout, loops))
+        self.task = asyncio.create_task(self._pump(memoryview(body), timeout, loops, rate))
 
-    async def _pump(self, body: memoryview, timeout: float, loops: int) -> None:
+    async def _pump(self, body: memoryview, timeout: float, loops: int, rate: float) -> None:
         transport = self.transport
         assert transport is not None
+        slices = _event_slices(body) if rate > 0 else range(0, len(body), _WRITE_SLICE)
+        step = _WRITE_SLICE
+        t0, n = asyncio.get_running_loop().time(), 0
         for _ in range(loops):
-            for offset in range(0, len(body), _WRITE_SLICE):
+            for offset in slices:
                 await self.can_write.wait()
                 if self.closed.is_set():
                     return
-                transport.write(body[offset : offset + _WRITE_SLICE])
+                if rate > 0:
+                    # One event per write at a steady rate (benchRate): the moderate-rate case, where
+                    # every read carries one event and the per-wakeup cost shows.
+                    n += 1
+                    delay = t0 + n / rate - asyncio.get_running_loop().time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    step = _chunk_end(body, offset) - offset
+                transport.write(body[offset : offset + step])
         # Then nothing more, as a watch at the head of history: open until its timeout or the client goes.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.closed.wait(), timeout)
         if not self.closed.is_set():
             transport.write(b"0\r\n\r\n")
             transport.close()
+
+
+def _chunk_end(body: memoryview, offset: int) -> int:
+    """Where the HTTP chunk starting at ``offset`` ends (after its trailing CRLF)."""
+    head_end = bytes(body[offset : offset + 20]).index(b"\r\n")
+    size = int(bytes(body[offset : offset + head_end]), 16)
+    return offset + head_end + 2 + size + 2
+
+
+def _event_slices(body: memoryview) -> list[int]:
+    offsets, offset = [], 0
+    while offset < len(body):
+        offsets.append(offset)
+        offset = _chunk_end(body, offset)
+    return offsets
 
 
 async def serve_pump(recording: Recording) -> tuple[asyncio.Server, str]:

@@ -137,7 +137,7 @@ def render(r: JsonObj) -> str:
         f"    (measured: the Python client's CPU with the {r['decode_model']} decode model; "
         "client-go estimate: 0.24 ms per 20 KB of JSON received, REFERENCE.md)"
     )
-    lines += ["", "Core micro-benchmark (WatchFilter.feed alone, 64 KiB reads; best of runs):"]
+    lines += ["", "Core micro-benchmark (WatchFilter.feed_joined alone, 64 KiB reads; best of runs):"]
     core_rows = []
     for name, c in r["core"].items():
         core_rows.append(

@@ -340,6 +340,11 @@ class ProtoWatchFilter:
             self.bytes_out += sum(map(len, kept))
         return kept
 
+    def feed_joined(self, data: bytes) -> bytes:
+        """The kept frames of ``data`` as one bytes (b"" when none): what the relay writes."""
+        kept = self.feed(data)
+        return kept[0] if len(kept) == 1 else b"".join(kept)
+
     def feed_eof(self) -> None:
         """End of the upstream body: raises StreamFramingError if it ended inside a frame."""
         if self._pending_size:

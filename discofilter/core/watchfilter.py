@@ -153,6 +153,25 @@ class _TableEvent(Exception):
         self.event = event
 
 
+class NamespaceDecisions:
+    """Namespace (as bytes) -> kept, shared by every watch filtered against one live membership, so an
+    event of a namespace seen before costs one dict lookup instead of a decode and a Python-level
+    membership test. Valid while ``members.revision`` and ``members.generation`` stand still
+    (core.membership bumps the first on every namespace LIST or event, the second on every change of
+    membership after the first sync, a selector change included); cleared on the first read after
+    either moves. One per process, not per watch:
+    a thousand watches must not each hold a copy (the RSS goal is 100 MB)."""
+
+    __slots__ = ("kept", "revision")
+
+    MAX: Final = 16_384
+    """Entries at most, whatever the upstream sends (a cluster has at most 10k namespaces)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[bytes, bool] = {}
+        self.revision: object = None
+
+
 class WatchFilter:
     """Feed JSON watch-body chunks; get back the kept event lines, unchanged.
 
@@ -161,8 +180,10 @@ class WatchFilter:
     """
 
     __slots__ = (
+        "_decisions",
         "_framer",
         "_members",
+        "_rest",
         "_use_fast",
         "bytes_in",
         "bytes_out",
@@ -178,16 +199,22 @@ class WatchFilter:
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         use_fast_path: bool = True,
+        decisions: NamespaceDecisions | None = None,
     ) -> None:
         self._framer = LineFramer(max_line_bytes)
+        # Shared decisions only for a container that says when it changes (core.membership.Membership).
+        self._decisions = decisions if hasattr(members, "revision") else None
         self._members = members
         self._use_fast = use_fast_path
+        self._rest = 0
         self.events_in = 0
         self.events_kept = 0
         self.events_dropped = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        # The last line forwarded: the client's resume point is the resourceVersion inside it.
+        # The last line forwarded: the client's resume point is the resourceVersion inside it. Sliced
+        # out once per read rather than kept as an offset into the read: that would hold a whole read
+        # (up to 256 KiB) per quiet watch.
         self.last_kept: bytes | None = None
 
     @property
@@ -195,66 +222,128 @@ class WatchFilter:
         return self._framer.buffered
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The kept events of ``data``, one bytes each (what the tests compare event by event)."""
+        out = self.feed_joined(data)
+        if not out:
+            return []
+        # Every kept event is one line ending in its only newline (Table rewrites included: orjson
+        # never writes a raw newline), so splitting the joined output gives the events back exactly.
+        return [line + b"\n" for line in out[:-1].split(b"\n")]
+
+    def feed_joined(self, data: bytes) -> bytes:
+        """The kept events of ``data`` as one bytes (b"" when none): what the relay writes.
+
+        Runs of consecutive kept events are taken as memoryview slices of the read and joined once, so a
+        kept byte is copied once, and a read that is kept whole comes back as itself, not copied at all.
+        """
         self.bytes_in += len(data)
         nl = data.find(b"\n")
         if nl < 0 or not self._use_fast:
-            return self._feed_lines(self._framer.feed(data))
-        kept: list[bytes] = []
+            return b"".join(self._feed_lines(self._framer.feed(data)))
+        decisions = self._decisions
+        if decisions is None:
+            seen: dict[bytes, bool] = {}  # this read only: nothing changes within one synchronous call
+        else:
+            # Membership's content changes only in its _recompute: after the first sync every change
+            # bumps generation (set_selectors included), and every LIST or event bumps revision.
+            members = self._members
+            revision = (getattr(members, "revision", None), getattr(members, "generation", None))
+            if revision != decisions.revision:  # membership moved on: earlier decisions are stale
+                decisions.kept.clear()
+                decisions.revision = revision
+            seen = decisions.kept
+        pieces: list[bytes | memoryview] = []
         start = 0
         view = memoryview(data)
         if self._framer.buffered:
             # The rest of an event begun in an earlier read: joined once, then decided like the others.
             line = self._framer.complete(view[: nl + 1])
-            self._decide(line, 0, len(line) - 1, kept)
+            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces, seen)[0] >= 0:
+                self.last_kept = line
             start = nl + 1
             nl = data.find(b"\n", start)
-        start = self._decide(data, start, nl, kept)
-        if start < len(data):
-            self._framer.hold(view[start:])
-        if kept:
-            self.last_kept = kept[-1]
-        return kept
+        first = start
+        last, last_end = self._decide(data, view, start, nl, pieces, seen)
+        if last >= 0:
+            self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
+        end = pieces[-1].nbytes if len(pieces) == 1 and isinstance(pieces[-1], memoryview) else -1
+        # A read kept whole is written on as it came.
+        out = data if first == 0 and end == len(data) else b"".join(pieces)
+        if self._rest < len(data):
+            self._framer.hold(view[self._rest :])
+        return out
 
-    def _decide(self, data: bytes, start: int, nl: int, kept: list[bytes]) -> int:
+    def _decide(
+        self,
+        data: bytes,
+        view: memoryview,
+        start: int,
+        nl: int,
+        pieces: list[bytes | memoryview],
+        seen: dict[bytes, bool],
+    ) -> tuple[int, int]:
         """The hot loop: decide the events of ``data`` from ``start`` (``nl`` is the first newline) in
-        place, by offset; only kept ones are sliced out. Returns where the unfinished rest begins."""
+        place, by offset; each run of consecutive kept events goes to ``pieces`` as one slice of ``view``.
+        Sets ``_rest`` to where the unfinished rest begins; returns where the last event kept by the fast
+        path begins and ends, or -1 (an event kept by the slow path sets ``last_kept`` itself)."""
         members = self._members
         limit = self._framer.max_line_bytes
         match = _FAST.match
         find = data.find
         events = dropped = kept_bytes = 0
+        run = last = last_end = -1  # run: where the current run of kept events begins
         while nl >= 0:
             end = nl + 1
             if end - start > limit:
                 self._framer.feed(data[start:end])  # raises ObjectTooLargeError
             # _scan, inlined for the common case (a call costs as much as the find).
             m = match(data, start, end) if data[nl - 1] == 0x7D else None
-            ns: str | None = None
+            keep: bool | None = None  # None: the fast path cannot tell, the slow path decides
             if m is not None:
                 a, b = m.span(1)
                 if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
-                    try:
-                        ns = data[a:b].decode()
-                    except UnicodeDecodeError:
-                        ns = None
+                    key = data[a:b]
+                    keep = seen.get(key)
+                    if keep is None:
+                        try:
+                            keep = key.decode() in members
+                        except UnicodeDecodeError:
+                            keep = None
+                        else:
+                            if len(seen) < NamespaceDecisions.MAX:
+                                seen[key] = keep
             elif nl > start and data[nl - 1] == 0x7D:
                 ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
-            if ns is None:
-                kept.extend(self._feed_lines([data[start:end]]))  # counts for itself
-            elif ns is _ALWAYS or ns in members:
-                kept.append(data[start:end])
+                if ns is not None:
+                    keep = ns is _ALWAYS or ns in members
+            if keep:
+                if run < 0:
+                    run = start
+                last, last_end = start, end
                 events += 1
                 kept_bytes += end - start
             else:
-                events += 1
-                dropped += 1
+                if run >= 0:
+                    pieces.append(view[run:start])
+                    run = -1
+                if keep is None:
+                    slow = self._feed_lines([data[start:end]])  # counts for itself
+                    if slow:
+                        pieces.extend(slow)
+                        last = -1
+                else:
+                    events += 1
+                    dropped += 1
             start = end
             nl = find(b"\n", start)
+        if run >= 0:
+            pieces.append(view[run:start])
+        self._rest = start
         self.events_in += events
         self.events_dropped += dropped
         self.events_kept += events - dropped
         self.bytes_out += kept_bytes
-        return start
+        return last, last_end
 
     def _feed_lines(self, lines: list[bytes]) -> list[bytes]:
         """Decide whole lines one by one (the slow path, and lines completed across reads)."""
@@ -322,6 +411,7 @@ def event_resource_version(line: bytes) -> str | None:
 
 __all__ = [
     "OBJECT_EVENT_TYPES",
+    "NamespaceDecisions",
     "WatchFilter",
     "classify_fast",
     "classify_slow",

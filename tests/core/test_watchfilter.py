@@ -5,10 +5,18 @@ from collections import Counter
 import orjson
 import pytest
 
-from discofilter.core.watchfilter import WatchFilter, classify_fast, classify_slow, event_resource_version
+from discofilter.core.membership import Membership
+from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet, parse_selector
+from discofilter.core.watchfilter import (
+    NamespaceDecisions,
+    WatchFilter,
+    classify_fast,
+    classify_slow,
+    event_resource_version,
+)
 from discofilter.errors import ObjectTooLargeError, StreamFramingError
 from tests import fixtures
-from tests.helpers import feed_every_split, fixture_names, manifest_entry
+from tests.helpers import feed_every_split, fixture_names, manifest_entry, splits
 
 FILTERED_PATHS = (
     "/api/v1/pods",
@@ -174,3 +182,68 @@ def test_counters_and_resume_point() -> None:
     assert wf.bytes_in == len(data)
     assert wf.last_kept is not None
     assert event_resource_version(wf.last_kept) == "549"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "slow"])
+def test_joined_output_and_resume_point_whatever_the_reads(fast: bool) -> None:
+    """What the relay writes per read (``feed_joined``), concatenated, is exactly the kept events of the
+    capture (decided here from each decoded event, not by the filter), and the resume point is the last
+    kept event's resourceVersion however the stream was cut."""
+    data = fixtures.body("watch-pods.json")
+    lines = data.splitlines(keepends=True)
+    expected = b"".join(  # BOOKMARK events carry no namespace and are always forwarded
+        line for line in lines if orjson.loads(line)["object"]["metadata"].get("namespace", "") in MESH | {""}
+    )
+    last_rv = orjson.loads(expected.splitlines()[-1])["object"]["metadata"]["resourceVersion"]
+    for name, pieces in splits(data):
+        wf = WatchFilter(MESH, use_fast_path=fast)
+        out = [wf.feed_joined(p) for p in pieces]
+        wf.feed_eof()
+        assert b"".join(out) == expected, name
+        assert all(isinstance(o, bytes) for o in out)
+        assert wf.last_kept is not None
+        assert event_resource_version(wf.last_kept) == last_rv, name
+        assert wf.bytes_out == len(expected)
+
+
+def test_a_read_kept_whole_is_passed_on_uncopied_and_runs_skip_dropped_events() -> None:
+    kept_a = _event(b'{"name":"a","namespace":"mesh-a"}')
+    kept_b = _event(b'{"name":"b","namespace":"mesh-a"}')
+    dropped = _event(b'{"name":"c","namespace":"plain"}')
+    wf = WatchFilter({"mesh-a"})
+    read = kept_a + kept_b
+    assert wf.feed_joined(read) is read
+    assert wf.feed_joined(kept_a + dropped + kept_b + kept_a + dropped) == kept_a + kept_b + kept_a
+    assert wf.feed_joined(dropped + kept_b[:10]) == b""
+    assert wf.feed_joined(kept_b[10:] + dropped) == kept_b  # the event straddling two reads
+    assert wf.last_kept == kept_b
+    assert (wf.events_in, wf.events_kept, wf.events_dropped) == (10, 6, 4)
+
+
+def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
+    """Decisions shared between watches (NamespaceDecisions) hold only while the membership's revision
+    stands still: a namespace that joins or leaves between two reads is decided afresh on the next read
+    of every watch sharing them."""
+    ns = {"metadata": {"name": "shop", "labels": {"team": "a"}}}
+    joined = {"metadata": {"name": "shop", "labels": {"team": "a", "istio-injection": "enabled"}}}
+    membership = Membership(DEFAULT_MESH_SELECTORS)
+    membership.replace([ns], "10")
+    ev = _event(b'{"name":"a","namespace":"shop"}')
+    decisions = NamespaceDecisions()
+    first, second = (WatchFilter(membership, decisions=decisions) for _ in range(2))
+    assert first.feed_joined(ev + ev) == b""
+    assert decisions.kept == {b"shop": False}
+    membership.apply("MODIFIED", joined)
+    assert second.feed_joined(ev) == ev
+    assert first.feed_joined(ev) == ev
+    membership.apply("MODIFIED", ns)
+    assert first.feed_joined(ev) == b""
+    assert second.feed_joined(ev) == b""
+    # A selector change (Istio's discoverySelectors) changes membership without a namespace event.
+    membership.set_selectors(SelectorSet((parse_selector("team=a"),)))
+    assert first.feed_joined(ev) == ev
+    plain: set[str] = set()  # a container that cannot say when it changes: decided on every read
+    wf = WatchFilter(plain, decisions=decisions)
+    assert wf.feed_joined(ev) == b""
+    plain.add("shop")
+    assert wf.feed_joined(ev) == ev
