@@ -55,6 +55,7 @@ class Membership:
         "selectors",
         "synced",
         "synced_rv",
+        "version",
     )
 
     def __init__(self, selectors: SelectorSet) -> None:
@@ -66,6 +67,10 @@ class Membership:
         self.last_rv: int | None = None
         self.revision = 0
         """Bumped on every LIST or namespace event taken, member or not: lets a reader skip rechecks."""
+        self.version = 0
+        """Bumped whenever the member set changes, first sync included: a cache of answers to ``in``
+        (the watch filters' shared namespace decisions) is valid exactly while it stands still. The set
+        changes nowhere but in ``_recompute``, so no future way of changing membership can miss it."""
         self._labels: dict[str, Mapping[str, str]] = {}
         self._members: set[str] = set()
         self._changed_gen: dict[str, int] = {}
@@ -160,6 +165,8 @@ class Membership:
                     self._members.add(name)
                 else:
                     self._members.discard(name)
+        if changed:
+            self.version += 1
         if changed and self.synced:
             self.generation += 1
             if stamp is None:

@@ -156,20 +156,19 @@ class _TableEvent(Exception):
 class NamespaceDecisions:
     """Namespace (as bytes) -> kept, shared by every watch filtered against one live membership, so an
     event of a namespace seen before costs one dict lookup instead of a decode and a Python-level
-    membership test. Valid while ``members.revision`` and ``members.generation`` stand still
-    (core.membership bumps the first on every namespace LIST or event, the second on every change of
-    membership after the first sync, a selector change included); cleared on the first read after
-    either moves. One per process, not per watch:
-    a thousand watches must not each hold a copy (the RSS goal is 100 MB)."""
+    membership test. Valid while ``members.version`` stands still (core.membership bumps it on every
+    change of the member set, wherever it comes from: it changes only in ``Membership._recompute``);
+    cleared on the first read after it moves. One per process, not per watch: a thousand watches must
+    not each hold a copy (the RSS goal is 100 MB)."""
 
-    __slots__ = ("kept", "revision")
+    __slots__ = ("kept", "version")
 
     MAX: Final = 16_384
     """Entries at most, whatever the upstream sends (a cluster has at most 10k namespaces)."""
 
     def __init__(self) -> None:
         self.kept: dict[bytes, bool] = {}
-        self.revision: object = None
+        self.version: int | None = None
 
 
 class WatchFilter:
@@ -203,7 +202,7 @@ class WatchFilter:
     ) -> None:
         self._framer = LineFramer(max_line_bytes)
         # Shared decisions only for a container that says when it changes (core.membership.Membership).
-        self._decisions = decisions if hasattr(members, "revision") else None
+        self._decisions = decisions if isinstance(getattr(members, "version", None), int) else None
         self._members = members
         self._use_fast = use_fast_path
         self._rest = 0
@@ -244,13 +243,10 @@ class WatchFilter:
         if decisions is None:
             seen: dict[bytes, bool] = {}  # this read only: nothing changes within one synchronous call
         else:
-            # Membership's content changes only in its _recompute: after the first sync every change
-            # bumps generation (set_selectors included), and every LIST or event bumps revision.
-            members = self._members
-            revision = (getattr(members, "revision", None), getattr(members, "generation", None))
-            if revision != decisions.revision:  # membership moved on: earlier decisions are stale
+            version: int = getattr(self._members, "version")  # noqa: B009 (an int, checked in __init__)
+            if version != decisions.version:  # the member set changed: earlier decisions are stale
                 decisions.kept.clear()
-                decisions.revision = revision
+                decisions.version = version
             seen = decisions.kept
         pieces: list[bytes | memoryview] = []
         start = 0

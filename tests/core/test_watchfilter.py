@@ -221,9 +221,9 @@ def test_a_read_kept_whole_is_passed_on_uncopied_and_runs_skip_dropped_events() 
 
 
 def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
-    """Decisions shared between watches (NamespaceDecisions) hold only while the membership's revision
-    stands still: a namespace that joins or leaves between two reads is decided afresh on the next read
-    of every watch sharing them."""
+    """Decisions shared between watches (NamespaceDecisions) hold only while the member set stands still:
+    a namespace that joins or leaves between two reads, by an event, a relist or a selector change, is
+    decided afresh on the next read of every watch sharing them."""
     ns = {"metadata": {"name": "shop", "labels": {"team": "a"}}}
     joined = {"metadata": {"name": "shop", "labels": {"team": "a", "istio-injection": "enabled"}}}
     membership = Membership(DEFAULT_MESH_SELECTORS)
@@ -242,6 +242,11 @@ def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
     # A selector change (Istio's discoverySelectors) changes membership without a namespace event.
     membership.set_selectors(SelectorSet((parse_selector("team=a"),)))
     assert first.feed_joined(ev) == ev
+    membership.replace([], "20")  # a relist in which the namespace is gone
+    assert second.feed_joined(ev) == b""
+    # Namespace events that change no membership leave the decisions standing.
+    membership.apply("ADDED", {"metadata": {"name": "other", "labels": {}}})
+    assert decisions.kept == {b"shop": False}
     plain: set[str] = set()  # a container that cannot say when it changes: decided on every read
     wf = WatchFilter(plain, decisions=decisions)
     assert wf.feed_joined(ev) == b""
