@@ -124,6 +124,21 @@ def test_bad_flags_end_in_one_line(tmp_path: Path, flags: list[str], problem: st
     assert len(lines) == 1 and problem in lines[0], done.stderr
 
 
+def test_without_the_bench_extra_it_says_how_to_install_it(tmp_path: Path) -> None:
+    # matplotlib made unimportable in the child, as in an install without the 'bench' extra (the image).
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from discofilter.cli import main; "
+        f"sys.exit(main(['bench', '--quick', '--out', {str(tmp_path)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "discofilter: error: discofilter bench needs matplotlib, which the 'bench' extra installs: "
+        "pip install 'discofilter[bench]' (from a checkout: pip install '.[bench]')"
+    ]
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
 # --- real-cluster mode against the simulated API server ----------------------------------------------
 
 

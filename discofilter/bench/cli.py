@@ -153,7 +153,23 @@ def _prepare_out(out: Path) -> None:
         raise ConfigError(f"--out {str(out)!r} is not a writable directory: {exc}") from exc
 
 
+def check_bench_extra() -> None:
+    """The benchmark's own dependencies are the ``bench`` extra; say so instead of a traceback."""
+    missing = []
+    for module in ("psutil", "matplotlib"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ConfigError(
+            f"discofilter bench needs {' and '.join(missing)}, which the 'bench' extra installs: "
+            "pip install 'discofilter[bench]' (from a checkout: pip install '.[bench]')"
+        )
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    check_bench_extra()
     settings = settings_from_args(args)
     _prepare_out(settings.run.out)
     if settings.cluster is not None:
