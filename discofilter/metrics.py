@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from discofilter.core.membership import Membership
-from discofilter.core.routing import GO_TRUE, RouteKind, classify
+from discofilter.core.routing import RouteKind, classify, read_verb
 from discofilter.meshwatch import MeshWatcher
 from discofilter.proxy import Proxy
 from discofilter.stats import OTHER, Histogram, WatchTotals
@@ -54,31 +54,6 @@ def not_ready_reason(proxy: Proxy, tracker: NamespaceTracker, membership: Member
 
 
 _WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-
-
-def read_verb(path: str, watch_values: list[str]) -> str:
-    """``list``, ``watch`` or ``get`` for a pass-through read, as the API server's request info names it.
-
-    istiod watches far more than the four filtered collections (ConfigMaps, Secrets, Istio's CRDs...);
-    those pass through, and their watches must land with the watches, not in the latency histogram.
-    """
-    parts = [p for p in path.split("/") if p]
-    if parts[:1] == ["api"]:
-        rest = parts[2:]
-    elif parts[:1] == ["apis"]:
-        rest = parts[3:]
-    else:
-        return "get"  # /version, /openapi, /healthz...: not resources
-    legacy_watch = rest[:1] == ["watch"]
-    if legacy_watch:
-        rest = rest[1:]
-    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
-        rest = rest[2:]  # /namespaces/NS/RESOURCE...; /namespaces, /namespaces/NS[/status] are namespaces
-    if not rest:
-        return "get"  # discovery of a group version
-    if legacy_watch or any(v in GO_TRUE for v in watch_values):
-        return "watch"
-    return "list" if len(rest) == 1 else "get"
 
 
 def request_labels(request: web.Request) -> tuple[str, str]:

@@ -34,7 +34,7 @@ from discofilter.core.liststream import ListStream
 from discofilter.core.membership import Membership
 from discofilter.core.protolist import filter_proto_list
 from discofilter.core.protowatch import ProtoWatchFilter, frame_resource_version
-from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify
+from discofilter.core.routing import GO_TRUE, Route, RouteKind, classify, read_verb
 from discofilter.core.watchfilter import NamespaceDecisions, WatchFilter, event_resource_version
 from discofilter.errors import (
     ForbiddenError,
@@ -320,8 +320,9 @@ class Proxy:
             self._copy_headers(resp, out, rewritten=False)
             await out.prepare(request)
             if request.method != "HEAD":
-                boundary = _watch_boundary(request, resp)
-                if resp.status == 200 and _is_watch(request):
+                is_watch = resp.status == 200 and _is_watch(request)
+                boundary = _watch_boundary(resp) if is_watch else None
+                if is_watch:
                     # Registered so a shutdown can end it (at an event boundary when one is known).
                     watch = OpenWatch("", None, 0, upstream=resp)
                     self.registry.passthrough.add(watch)
@@ -706,12 +707,12 @@ class Proxy:
 
 
 def _is_watch(request: web.Request) -> bool:
-    return any(v in GO_TRUE for v in request.query.getall("watch", [])) or "/watch/" in request.path
+    return read_verb(request.raw_path.partition("?")[0], request.query.getall("watch", [])) == "watch"
 
 
-def _watch_boundary(request: web.Request, resp: aiohttp.ClientResponse) -> EventBoundary | None:
+def _watch_boundary(resp: aiohttp.ClientResponse) -> EventBoundary | None:
     """Event-boundary tracking for a pass-through watch whose encoding is known (not compressed)."""
-    if resp.status != 200 or resp.headers.get("Content-Encoding") or not _is_watch(request):
+    if resp.headers.get("Content-Encoding"):
         return None
     ctype = resp.headers.get("Content-Type")
     if is_json_content_type(ctype):

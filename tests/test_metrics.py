@@ -15,10 +15,8 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from discofilter.metrics import read_verb
 from discofilter.settings import MeshConfigSettings, Settings
 from tests import fixtures
 from tests.harness import running_discofilter, write_kubeconfig
@@ -202,31 +200,6 @@ async def test_every_metric_of_the_grafana_dashboard_is_exported(tmp_path: Path)
 
 
 METRIC = re.compile(r"\b((?:discofilter|process)_[a-z_]+)\b")
-
-
-@pytest.mark.parametrize(
-    ("path", "watch", "verb"),
-    [
-        ("/api/v1/namespaces/mesh-a/configmaps", [], "list"),
-        ("/api/v1/namespaces/mesh-a/configmaps", ["true"], "watch"),
-        ("/api/v1/namespaces/mesh-a/configmaps/istio-ca-root-cert", [], "get"),
-        ("/api/v1/watch/namespaces/mesh-a/configmaps", [], "watch"),
-        ("/api/v1/namespaces", [], "list"),
-        ("/api/v1/namespaces", ["1"], "watch"),
-        ("/api/v1/namespaces/mesh-a", [], "get"),
-        ("/api/v1/namespaces/mesh-a/status", [], "get"),
-        ("/api/v1/nodes", ["false"], "list"),
-        ("/apis/networking.istio.io/v1alpha3/virtualservices", ["true"], "watch"),
-        ("/apis/networking.istio.io/v1alpha3/namespaces/mesh-a/virtualservices/reviews", [], "get"),
-        ("/apis/apps/v1", [], "get"),
-        ("/api", [], "get"),
-        ("/version", [], "get"),
-    ],
-)
-def test_pass_through_reads_are_named_as_the_api_server_names_them(
-    path: str, watch: list[str], verb: str
-) -> None:
-    assert read_verb(path, watch) == verb
 
 
 async def test_pass_through_watches_stay_out_of_the_latency_histogram(tmp_path: Path) -> None:

@@ -138,3 +138,30 @@ def _classify_canonical(method: str, raw_path: str, watch_values: tuple[str, ...
             return Route(RouteKind.WATCH, resource, namespace)
         return PASSTHROUGH  # a single object or a subresource
     return PASSTHROUGH
+
+
+def read_verb(path: str, watch_values: Iterable[str] = ()) -> str:
+    """``list``, ``watch`` or ``get`` for a pass-through read, as the API server's request info names it.
+
+    istiod watches far more than the four filtered collections (ConfigMaps, Secrets, Istio's CRDs...);
+    those pass through, and their watches must land with the watches, not in the latency histogram, and
+    be ended at an event boundary on shutdown, while a LIST of them is left to finish. The segments are
+    read by position, as the API server reads them: a namespace or object named "watch" is no watch.
+    """
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return "get"  # /version, /openapi, /healthz...: not resources
+    legacy_watch = rest[:1] == ["watch"]
+    if legacy_watch:
+        rest = rest[1:]
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in ("status", "finalize"):
+        rest = rest[2:]  # /namespaces/NS/RESOURCE...; /namespaces, /namespaces/NS[/status] are namespaces
+    if not rest:
+        return "get"  # discovery of a group version
+    if legacy_watch or any(v in GO_TRUE for v in watch_values):
+        return "watch"
+    return "list" if len(rest) == 1 else "get"

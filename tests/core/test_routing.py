@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from discofilter.core.routing import RouteKind, classify
+from discofilter.core.routing import RouteKind, classify, read_verb
 
 W = ("1",)
 
@@ -78,3 +78,32 @@ def test_classify(
 )
 def test_no_path_trick_reaches_a_filtered_collection_unfiltered(path: str) -> None:
     assert classify("GET", path, W).kind is RouteKind.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("path", "watch", "verb"),
+    [
+        ("/api/v1/namespaces/mesh-a/configmaps", [], "list"),
+        ("/api/v1/namespaces/mesh-a/configmaps", ["true"], "watch"),
+        ("/api/v1/namespaces/mesh-a/configmaps/istio-ca-root-cert", [], "get"),
+        ("/api/v1/watch/namespaces/mesh-a/configmaps", [], "watch"),
+        ("/api/v1/namespaces", [], "list"),
+        ("/api/v1/namespaces", ["1"], "watch"),
+        ("/api/v1/namespaces/mesh-a", [], "get"),
+        ("/api/v1/namespaces/mesh-a/status", [], "get"),
+        ("/api/v1/nodes", ["false"], "list"),
+        ("/apis/networking.istio.io/v1alpha3/virtualservices", ["true"], "watch"),
+        ("/apis/networking.istio.io/v1alpha3/namespaces/mesh-a/virtualservices/reviews", [], "get"),
+        ("/apis/apps/v1", [], "get"),
+        ("/api", [], "get"),
+        ("/version", [], "get"),
+        # Read by position, as the API server reads them: a namespace or a ConfigMap named "watch".
+        ("/api/v1/namespaces/watch/configmaps", [], "list"),
+        ("/api/v1/namespaces/watch/configmaps/watch", [], "get"),
+        ("/api/v1/watch/namespaces/watch/configmaps", [], "watch"),
+    ],
+)
+def test_pass_through_reads_are_named_as_the_api_server_names_them(
+    path: str, watch: list[str], verb: str
+) -> None:
+    assert read_verb(path, watch) == verb
