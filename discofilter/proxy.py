@@ -349,14 +349,7 @@ class Proxy:
             log.info("upstream ended %s %s mid-body: %s", request.method, request.path, exc)
             raise _Abort from exc
         except _SlowClient as exc:
-            self.slow_clients_ended += 1
-            log.warning(
-                "%s %s: client took nothing for %.0f s; dropping it",
-                request.method,
-                request.path,
-                self.settings.watch.client_write_timeout_seconds,
-            )
-            raise _Abort from exc
+            raise self._drop_slow_client(request) from exc
         finally:
             if watch is not None:
                 self.registry.passthrough.discard(watch)
@@ -642,16 +635,21 @@ class Proxy:
                     async with asyncio.timeout(self.settings.watch.client_write_timeout_seconds):
                         await out.write_eof()
             except (_SlowClient, TimeoutError) as exc:
-                self.slow_clients_ended += 1
-                log.warning(
-                    "watch %s: client took nothing for %.0f s; ending its watch",
-                    request.path,
-                    self.settings.watch.client_write_timeout_seconds,
-                )
-                raise _Abort from exc
+                raise self._drop_slow_client(request) from exc
             return out
         finally:
             resp.close()
+
+    def _drop_slow_client(self, request: web.Request) -> _Abort:
+        """Count and log a client that took nothing for the write timeout; raise what this returns."""
+        self.slow_clients_ended += 1
+        log.warning(
+            "%s %s: client took nothing for %.0f s; dropping it",
+            request.method,
+            request.path,
+            self.settings.watch.client_write_timeout_seconds,
+        )
+        return _Abort()
 
     async def _write(self, out: web.StreamResponse, data: bytes, transport: asyncio.Transport | None) -> None:
         """Write whole events; a client that takes none of them for the write timeout is dropped.
