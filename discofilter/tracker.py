@@ -216,16 +216,12 @@ class NamespaceTracker:
         return self.ready.is_set() and self.watch_open
 
     def fresh(self) -> bool:
-        """Readiness: synced, and either not failing or last heard from within ``max_stale_seconds``.
+        """Readiness: synced, and membership unconfirmed (``unknown_for``) for at most ``max_stale_seconds``.
 
         A quiet but working watch is fresh however old its last event: only a failure starts the clock,
         and staleness is then counted from the last contact, when membership was last known right.
         """
-        if not self.ready.is_set():
-            return False
-        if self.failing_since is None or self.last_contact is None:
-            return self.failing_since is None
-        return self.clock() - self.last_contact <= self.settings.max_stale_seconds
+        return self.ready.is_set() and self.unknown_for() <= self.settings.max_stale_seconds
 
     def _contact(self) -> None:
         self.last_contact = self.clock()
