@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import re
 import resource
 import signal
 import socket
@@ -29,7 +30,7 @@ from aiohttp import web
 
 from discofilter.simapi import SimSettings, build_app
 from tests.core.test_protobuf import ref_event
-from tests.harness import free_port, write_kubeconfig
+from tests.harness import write_kubeconfig
 from tests.test_e2e import pod, seeded
 from tests.test_faults import CAPTURES, accept, scripted, start_like
 from tests.test_proxy import pb_frames
@@ -57,6 +58,10 @@ async def simapi() -> AsyncIterator[tuple[Any, str]]:
         await runner.cleanup()
 
 
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+) \(health on 127\.0\.0\.1:(\d+),")
+"""The start-up line of ``discofilter serve`` (runner.py), which names the ports actually bound."""
+
+
 def low_nofile_limit() -> None:
     """Start the child with the usual soft open-files limit, whatever this process has."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -69,16 +74,24 @@ async def serve_process(
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str, str]]:
     """The real ``discofilter serve``, ready; yields (process, proxy URL, health URL)."""
     kc = write_kubeconfig(tmp_path / "kc", sim_url)
-    port, hport = free_port(), free_port()
     log = (tmp_path / "serve.log").open("wb")
+    # Every port 0: the kernel picks, and the start-up line says which (no pick-then-bind race).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "discofilter", "serve", "--kubeconfig", str(kc), "--listen",
-         f"127.0.0.1:{port}", "--health-listen", f"127.0.0.1:{hport}", "--metrics-listen", "127.0.0.1:0",
-         *extra],
+        [sys.executable, "-m", "discofilter", "serve", "--kubeconfig", str(kc), "--listen", "127.0.0.1:0",
+         "--health-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *extra],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": ""},
         preexec_fn=low_nofile_limit,
     )  # fmt: skip
     try:
+        for _ in range(200):
+            started = LISTENING.search((tmp_path / "serve.log").read_text())
+            if started is not None:
+                port, hport = started.groups()
+                break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("discofilter serve never started listening")
         async with aiohttp.ClientSession() as s:
             for _ in range(200):
                 with contextlib.suppress(aiohttp.ClientError):
