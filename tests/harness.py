@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -55,6 +56,19 @@ def write_kubeconfig(
     }
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+LISTENING = re.compile(
+    r"listening on https?://127\.0\.0\.1:(\d+) "
+    r"\(health on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)\)"
+)
+"""The start-up line of ``discofilter serve`` (runner.py, text logs), which names the ports bound."""
+
+
+def bound_ports(log_text: str) -> tuple[int, int, int] | None:
+    """(proxy, health, metrics) ports a ``discofilter serve`` started on port 0 bound, once logged."""
+    m = LISTENING.search(log_text)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import copy
 import os
-import re
 import resource
 import signal
 import socket
@@ -30,7 +29,7 @@ from aiohttp import web
 
 from discofilter.simapi import SimSettings, build_app
 from tests.core.test_protobuf import ref_event
-from tests.harness import write_kubeconfig
+from tests.harness import bound_ports, write_kubeconfig
 from tests.test_e2e import pod, seeded
 from tests.test_faults import CAPTURES, accept, scripted, start_like
 from tests.test_proxy import pb_frames
@@ -58,10 +57,6 @@ async def simapi() -> AsyncIterator[tuple[Any, str]]:
         await runner.cleanup()
 
 
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+) \(health on 127\.0\.0\.1:(\d+),")
-"""The start-up line of ``discofilter serve`` (runner.py), which names the ports actually bound."""
-
-
 def low_nofile_limit() -> None:
     """Start the child with the usual soft open-files limit, whatever this process has."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -84,9 +79,9 @@ async def serve_process(
     )  # fmt: skip
     try:
         for _ in range(200):
-            started = LISTENING.search((tmp_path / "serve.log").read_text())
-            if started is not None:
-                port, hport = started.groups()
+            ports = bound_ports((tmp_path / "serve.log").read_text())
+            if ports is not None:
+                port, hport, _ = ports
                 break
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             await asyncio.sleep(0.05)

@@ -38,7 +38,7 @@ from tests.deploy.kube import (
     one,
 )
 from tests.deploy.rbac import Attributes, Grant, allowed, attributes, grants, rule_allows
-from tests.harness import free_port, write_kubeconfig
+from tests.harness import bound_ports, write_kubeconfig
 from tests.test_e2e import ADMIN, OWN
 from tests.test_meshwatch import simapi
 
@@ -69,7 +69,7 @@ def container(objs: list[Obj]) -> tuple[Obj, Obj]:
 def swapped_args(
     args: list[str], listen: int, health: int, metrics: int, tls: tuple[str, str] | None
 ) -> list[str]:
-    """The rendered args with every listener on a free loopback port and the TLS files swapped."""
+    """The rendered args with every listener on a loopback port of the test's and the TLS files swapped."""
     swapped = ("--listen", "--health-listen", "--metrics-listen", "--tls-")
     # The manifests write --flag=value, so dropping one argument drops the whole flag.
     assert all("=" in a for a in args if a.startswith(swapped)), args
@@ -149,8 +149,7 @@ async def run_discofilter(
             cert.private_key_pem.write_to_path(str(tmp_path / "tls.key"))
             ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
             tls = (str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
-        port, hport, mport = free_port(), free_port(), free_port()
-        args = swapped_args(c["args"], port, hport, mport, tls)
+        args = swapped_args(c["args"], 0, 0, 0, tls)  # the kernel picks; the start-up line says which
         log = tmp_path / "discofilter.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -164,6 +163,14 @@ async def run_discofilter(
                 stderr=out,
             )
         try:
+
+            async def started() -> bool:
+                return bound_ports(log.read_text()) is not None
+
+            await wait_for(started, proc, log)
+            ports = bound_ports(log.read_text())
+            assert ports is not None
+            port, hport, mport = ports
             async with aiohttp.ClientSession() as http:
                 await wait_for(lambda: ready(http, f"http://127.0.0.1:{hport}/readyz"), proc, log)
                 # Make both watches carry events, as a label change and a mesh config edit would.
