@@ -12,6 +12,7 @@ set, HTTP status codes, and fixed error kinds. Never a namespace or an object na
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -95,12 +96,7 @@ class Histogram:
         self.total += value
 
     def cumulative(self) -> list[int]:
-        out: list[int] = []
-        run = 0
-        for c in self.counts:
-            run += c
-            out.append(run)
-        return out
+        return list(itertools.accumulate(self.counts))
 
 
 @dataclass(slots=True)
