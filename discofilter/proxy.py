@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from discofilter.core.boundary import EventBoundary
@@ -59,6 +59,7 @@ from discofilter.kubeapi import (
 from discofilter.settings import Settings
 from discofilter.stats import FilterCounts, ProxyStats
 from discofilter.upstream import Upstream
+from discofilter.watchconn import UpstreamClosed, WatchConnection, request_bytes
 
 log = logging.getLogger("discofilter.proxy")
 
@@ -92,12 +93,28 @@ class _SlowClient(Exception):
     """A watch client took no bytes for ``client_write_timeout_seconds``."""
 
 
+class Endable(Protocol):
+    """An open upstream answer that can be ended from outside (see ``end_upstream``)."""
+
+    def end(self) -> None: ...
+
+
+@dataclass(slots=True)
+class PooledAnswer:
+    """A pass-through answer read through aiohttp's pool."""
+
+    resp: aiohttp.ClientResponse
+
+    def end(self) -> None:
+        end_upstream(self.resp)
+
+
 @dataclass(eq=False, slots=True)
 class OpenWatch:
     resource: str
     namespace: str | None
     generation: int
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: Endable | None = None
     expired: bool = False
     """Set when a membership change ended this watch: the client gets a 410 and relists."""
     closing: EndReason | None = None
@@ -132,7 +149,7 @@ class WatchRegistry:
             w.closing = reason
             ended += 1
             if w.upstream is not None:
-                end_upstream(w.upstream)
+                w.upstream.end()
         return ended
 
     def on_change(self, changed: frozenset[str]) -> None:
@@ -144,7 +161,7 @@ class WatchRegistry:
             self.expired_total += 1
             ended[w.resource] = ended.get(w.resource, 0) + 1
             if w.upstream is not None:
-                end_upstream(w.upstream)
+                w.upstream.end()
         if ended:
             # One line per change, not per watch: a change can end every istiod's every informer at once.
             log.info(
@@ -302,11 +319,13 @@ class Proxy:
             raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
 
     @staticmethod
-    def _copy_headers(resp: aiohttp.ClientResponse, out: web.StreamResponse, *, rewritten: bool) -> None:
-        drop = hop_by_hop(resp.headers)
+    def _copy_headers(
+        headers: CIMultiDictProxy[str] | CIMultiDict[str], out: web.StreamResponse, *, rewritten: bool
+    ) -> None:
+        drop = hop_by_hop(headers)
         if rewritten:
             drop = drop | {"content-length", "content-encoding"}
-        for k, v in resp.headers.items():
+        for k, v in headers.items():
             if k.lower() not in drop:
                 out.headers.add(k, v)
 
@@ -317,14 +336,14 @@ class Proxy:
         watch: OpenWatch | None = None
         try:
             out = web.StreamResponse(status=resp.status, reason=resp.reason)
-            self._copy_headers(resp, out, rewritten=False)
+            self._copy_headers(resp.headers, out, rewritten=False)
             await out.prepare(request)
             if request.method != "HEAD":
                 is_watch = resp.status == 200 and _is_watch(request)
                 boundary = _watch_boundary(resp) if is_watch else None
                 if is_watch:
                     # Registered so a shutdown can end it (at an event boundary when one is known).
-                    watch = OpenWatch("", None, 0, upstream=resp)
+                    watch = OpenWatch("", None, 0, upstream=PooledAnswer(resp))
                     self.registry.passthrough.add(watch)
                     if self.registry.draining:
                         watch.closing = "shutdown"
@@ -398,7 +417,7 @@ class Proxy:
         finally:
             resp.release()
         out = web.Response(status=resp.status, reason=resp.reason)
-        self._copy_headers(resp, out, rewritten=True)
+        self._copy_headers(resp.headers, out, rewritten=True)
         if resp.status != 200:
             out.body = body  # an error Status: there are no objects to filter
             return out
@@ -460,7 +479,7 @@ class Proxy:
                     if held_size <= GZIP_THRESHOLD:
                         continue
                     out = web.StreamResponse(status=resp.status, reason=resp.reason)
-                    self._copy_headers(resp, out, rewritten=True)
+                    self._copy_headers(resp.headers, out, rewritten=True)
                     if self._accepts_gzip(request):
                         out.enable_compression(web.ContentCoding.gzip)
                     await out.prepare(request)
@@ -490,7 +509,7 @@ class Proxy:
         log.debug("LIST %s: kept %d of %d items", request.path, result.items_kept, result.items_in)
         if out is None:
             whole = web.Response(status=resp.status, reason=resp.reason)
-            self._copy_headers(resp, whole, rewritten=True)
+            self._copy_headers(resp.headers, whole, rewritten=True)
             whole.body = b"".join(held) + last
             if held_size + len(last) > GZIP_THRESHOLD and self._accepts_gzip(request):
                 whole.enable_compression(web.ContentCoding.gzip)
@@ -573,21 +592,55 @@ class Proxy:
             if watch.filter is not None:
                 self.stats.watch_ended(watch.resource, watch.filter)
 
+    async def _open_watch(self, request: web.Request, raw: str) -> WatchConnection:
+        headers, ssl_ctx = await self._headers(request, accept=self._accept(request))
+        base = URL(self.upstream.base_url, encoded=True)
+        try:
+            return await WatchConnection.open(
+                base,
+                request_bytes(request.method, base, raw, headers),
+                ssl_ctx,
+                connect_timeout=self.settings.upstream.connect_timeout_seconds,
+                max_pending=self.settings.watch.read_chunk_bytes,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.stats.upstream_error("unreachable")
+            raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
+
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
     ) -> web.StreamResponse:
-        resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
-        watch.upstream = resp
+        conn = await self._open_watch(request, raw)
+        watch.upstream = conn
         if watch.stopped:
-            # Membership changed while the upstream request was opening: on_change could not end it
+            # Membership changed while the upstream connection was opening: on_change could not end it
             # then, and an idle upstream may send nothing for a long time. End it now.
-            end_upstream(resp)
+            conn.end()
         try:
-            if resp.status != 200:
-                error = web.Response(status=resp.status, reason=resp.reason, body=await resp.read())
-                self._copy_headers(resp, error, rewritten=True)
+            try:
+                head = await conn.head()
+            except UpstreamClosed as exc:
+                if watch.expired:
+                    return await self._expired_answer(request, "mesh membership changed; relist")
+                if watch.stopped:
+                    raise NotReadyError("discofilter ended this watch before it began; retry") from exc
+                self.stats.upstream_error("ended_early")
+                raise UpstreamError(f"API server closed the WATCH before answering: {exc}") from exc
+            if head.status != 200:
+                try:
+                    body = await conn.read_all(self.settings.watch.max_event_bytes)
+                except UpstreamClosed as exc:
+                    self.stats.upstream_error("ended_early")
+                    raise UpstreamError(f"API server ended its error answer early: {exc}") from exc
+                error = web.Response(status=head.status, reason=head.reason, body=body)
+                self._copy_headers(head.headers, error, rewritten=True)
                 return error
-            ctype = resp.headers.get("Content-Type")
+            ctype = head.headers.get("Content-Type")
+            if head.headers.get("Content-Encoding", "identity") != "identity":
+                raise StreamFramingError(
+                    f"API server answered a filtered WATCH with Content-Encoding "
+                    f"{head.headers['Content-Encoding']!r} after Accept-Encoding: identity"
+                )
             members = self._members_for(route)
             limit = self.settings.watch.max_event_bytes
             wf: StreamFilter
@@ -611,11 +664,11 @@ class Proxy:
                     f"API server answered a filtered WATCH with {ctype!r}: cannot filter it"
                 )
             watch.filter = wf
-            out = web.StreamResponse(status=200, reason=resp.reason)
-            self._copy_headers(resp, out, rewritten=True)
+            out = web.StreamResponse(status=200, reason=head.reason)
+            self._copy_headers(head.headers, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
             try:
-                ended_by = await self._pump(resp, out, wf, watch, request.transport)
+                ended_by = await self._pump(conn, out, wf, watch, request.transport)
                 if watch.expired:
                     msg = "mesh membership changed during this watch; relist"
                     await self._write(out, event(410, "Expired", msg), request.transport)
@@ -638,7 +691,7 @@ class Proxy:
                 raise self._drop_slow_client(request) from exc
             return out
         finally:
-            resp.close()
+            conn.close()
 
     def _drop_slow_client(self, request: web.Request) -> _Abort:
         """Count and log a client that took nothing for the write timeout; raise what this returns."""
@@ -671,33 +724,32 @@ class Proxy:
 
     async def _pump(
         self,
-        resp: aiohttp.ClientResponse,
+        conn: WatchConnection,
         out: web.StreamResponse,
         wf: StreamFilter,
         watch: OpenWatch,
         transport: asyncio.Transport | None,
     ) -> str | None:
-        """Relay until upstream EOF. Returns why the stream had to be ended early, or None."""
-        read = resp.content.readany
-        feed = wf.feed_joined
+        """Relay until upstream EOF. Returns why the stream had to be ended early, or None.
+
+        The filter runs in the connection's read callback (``WatchConnection.attach``); this task only
+        wakes for kept bytes, one write per wakeup: whole events only, flushed now, never held for the
+        next read; awaiting the write is the backpressure on a slow client."""
+        conn.attach(wf.feed_joined)
+        read = conn.read
         try:
             while True:
-                chunk = await read()
-                if not chunk:
+                kept = await read()
+                if not kept:
                     break
                 if watch.expired or watch.closing is not None:  # watch.stopped, inlined: once per read
                     return None
-                kept = feed(chunk)
-                if kept:
-                    # One write per upstream read: whole events only (one bytes, joined once by the
-                    # filter), flushed now, never held for the next read; awaiting it is the
-                    # backpressure on a slow client.
-                    await self._write(out, kept, transport)
+                await self._write(out, kept, transport)
             if not watch.stopped:
                 wf.feed_eof()
         except StreamFramingError as exc:
             return f"malformed upstream watch stream: {exc}"
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except UpstreamClosed as exc:
             if not watch.stopped:
                 self.stats.upstream_error("ended_early")
                 log.info("upstream watch connection ended: %s", exc)

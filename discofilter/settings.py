@@ -48,7 +48,8 @@ class UpstreamSettings:
     connect_timeout_seconds: float = 10.0
     """A TCP+TLS connect to a healthy API server takes milliseconds; 10 s rides out a busy control plane."""
     pool_size: int = 4096
-    """Upstream connections at once. Each open watch holds one for its whole life (HTTP/1.1), and a
+    """Pooled upstream connections at once (filtered watches open their own, see watchconn). Each open
+    pass-through watch holds one for its whole life (HTTP/1.1), and a
     request beyond the limit waits for a free one (aiohttp counts that wait in the connect timeout,
     then the client gets a 502), so the limit must exceed the watches expected: one istiod opens a few
     dozen; 1,000 were measured at ~40 KiB RSS and 2 fds each (README, "What many watches cost"). It

@@ -38,8 +38,16 @@ class TLSUpstream:
         subject = None
         if peer:  # trustme puts the name in subjectAltName: (("DNS", name),)
             subject = peer["subjectAltName"][0][1]
-        self.seen.append((request.path, request.headers.get("Authorization"), subject))
+        self.seen.append((request.path_qs, request.headers.get("Authorization"), subject))
         self.impersonate.append(request.headers.get("Impersonate-User"))
+        if request.query.get("watch") == "1":
+            # A filtered watch has its own connection (discofilter.watchconn), not aiohttp's pool.
+            out = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await out.prepare(request)
+            for line in fixtures.body("watch-pods.json").splitlines(keepends=True):
+                await out.write(line)
+            await out.write_eof()
+            return out
         name = "list-pods.json" if request.path == "/api/v1/pods" else "list-namespaces.json"
         return web.Response(body=fixtures.body(name), content_type="application/json")
 
@@ -60,6 +68,9 @@ class TLSUpstream:
             yield f"https://127.0.0.1:{port}"
         finally:
             await runner.cleanup()
+
+
+PATHS = ("/api/v1/pods", "/api/v1/pods?watch=1", "/api/v1/namespaces")
 
 
 def namespaces() -> FakeNamespaceSource:
@@ -104,15 +115,15 @@ async def test_tls_listener_passes_the_clients_token_and_never_discofilters(
             if impersonate:  # the API server's to judge, with the client's identity or none
                 headers["Impersonate-User"] = impersonate
             async with aiohttp.ClientSession() as s:
-                for path in ("/api/v1/pods", "/api/v1/namespaces"):
+                for path in PATHS:
                     async with s.get(df.url + path, ssl=client_ctx, headers=headers) as r:
                         assert r.status == 200
                         await r.read()
-    assert [p for p, _, _ in upstream.seen] == ["/api/v1/pods", "/api/v1/namespaces"]
+    assert [p for p, _, _ in upstream.seen] == list(PATHS)
     for _, token, cert in upstream.seen:
         assert token == client_token
         assert cert is None  # discofilter's client certificate never rides on a client's request
-    assert upstream.impersonate == [impersonate, impersonate]
+    assert upstream.impersonate == [impersonate] * len(PATHS)
 
 
 async def test_loopback_lending_uses_discofilters_cert_only_for_requests_without_a_token(
@@ -137,9 +148,14 @@ async def test_loopback_lending_uses_discofilters_cert_only_for_requests_without
             running_discofilter(kc, settings=settings, source=namespaces()) as df,
             aiohttp.ClientSession() as s,
         ):
-            async with s.get(df.url + "/api/v1/namespaces") as r:
-                assert r.status == 200
-            async with s.get(df.url + "/api/v1/namespaces", headers={"Authorization": "Bearer mine"}) as r:
-                assert r.status == 200
-    assert upstream.seen[0][1:] == (None, "discofilter-sa")
-    assert upstream.seen[1][1:] == ("Bearer mine", None)
+            for path in ("/api/v1/namespaces", "/api/v1/pods?watch=1"):
+                async with s.get(df.url + path) as r:
+                    assert r.status == 200
+                    await r.read()
+                async with s.get(df.url + path, headers={"Authorization": "Bearer mine"}) as r:
+                    assert r.status == 200
+                    await r.read()
+    assert [seen[1:] for seen in upstream.seen] == [
+        (None, "discofilter-sa"),
+        ("Bearer mine", None),
+    ] * 2

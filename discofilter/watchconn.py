@@ -1,0 +1,237 @@
+"""WatchConnection: one filtered watch's own HTTP/1.1 connection to the API server, read without aiohttp.
+
+The hot path of the product. aiohttp's client gives every HTTP chunk (the API server sends one per
+event) Python-level bookkeeping and wakes the relay task for every read (``core.http1`` says what that
+costs). Here the socket's ``data_received`` callback de-chunks the read (``core.http1.ResponseReader``)
+and runs the watch filter on it at once; only kept bytes are queued, and only they wake the relay task.
+An event of a namespace outside the mesh costs one callback and no task switch.
+
+What stays as it was with aiohttp:
+- the request: the same headers (the client's credentials, or discofilter's when lent), the same TLS
+  context, the connect timeout; plus ``Accept-Encoding: identity`` (the stream is filtered, so it must
+  arrive plain; the API server does not compress watches anyway) and ``Connection: close`` (a watch
+  connection is never reused);
+- backpressure: past ``max_pending`` queued kept bytes the socket stops being read, so a stalled client
+  holds at most that, one read and the kernel buffers;
+- ``end()`` (shutdown, membership change): the connection goes at once and the relay's pending read
+  returns EOF; whole events already written stay written, nothing decided after it is sent.
+
+One connection per watch, outside aiohttp's pool: a watch holds its connection for its whole life
+anyway (HTTP/1.1), and ``Connection: close`` means nothing is left to reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Mapping
+from typing import cast
+
+from yarl import URL
+
+from discofilter.core.http1 import ResponseHead, ResponseReader
+from discofilter.errors import StreamFramingError, UpstreamError
+
+
+class UpstreamClosed(ConnectionError):
+    """The API server's connection ended before the response did (restart, network, idle cut)."""
+
+
+def request_bytes(method: str, base: URL, raw: str, headers: Mapping[str, str]) -> bytes:
+    """The request head: ``raw`` (path and query as the client sent them) under the base URL's path.
+
+    Header values arrive from aiohttp's parser as str decoded with surrogateescape and go back out as
+    the same octets. CR, LF and NUL are refused: they would split the head (request smuggling).
+    """
+    prefix = base.raw_path.rstrip("/")
+    host = base.host_port_subcomponent or base.raw_host or ""
+    lines = [f"{method} {prefix}{raw} HTTP/1.1", f"Host: {host}"]
+    skip = {"host", "accept-encoding", "connection", "content-length", "transfer-encoding"}
+    for k, v in headers.items():
+        if k.lower() in skip:
+            continue
+        if any(c in k or c in v for c in "\r\n\0"):
+            raise UpstreamError(f"header {k!r} carries a control character; not forwarded")
+        lines.append(f"{k}: {v}")
+    lines += ["Accept-Encoding: identity", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+class WatchConnection(asyncio.Protocol):
+    """The protocol of one watch's upstream connection. ``open`` connects and sends the request; then
+    ``head()``, then either ``attach(filter)`` and ``read()`` until b"", or ``read_all()``."""
+
+    def __init__(self, request: bytes, max_pending: int) -> None:
+        self._request = request
+        self._max_pending = max_pending
+        self._reader = ResponseReader()
+        self._transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[ResponseHead] = loop.create_future()
+        self._sink: Callable[[bytes], bytes] | None = None
+        self._queue: list[bytes] = []  # kept bytes (after attach) or raw body bytes (before it)
+        self._queued = 0
+        self._exc: Exception | None = None
+        self._eof = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.ended = False
+        """``end()`` was called: nothing more is read or handed on."""
+
+    @classmethod
+    async def open(
+        cls,
+        base: URL,
+        request: bytes,
+        ssl_ctx: ssl.SSLContext | bool,
+        *,
+        connect_timeout: float,
+        max_pending: int,
+    ) -> WatchConnection:
+        loop = asyncio.get_running_loop()
+        host = base.raw_host or ""
+        port = base.port or (443 if base.scheme == "https" else 80)
+        context = ssl_ctx if isinstance(ssl_ctx, ssl.SSLContext) else None
+        if context is None and base.scheme == "https":
+            context = ssl.create_default_context()
+        async with asyncio.timeout(connect_timeout):
+            _, proto = await loop.create_connection(
+                lambda: cls(request, max_pending),
+                host,
+                port,
+                ssl=context,
+                server_hostname=host if context is not None else None,
+            )
+        return proto
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended or self._eof or self._exc is not None:
+            return
+        reader = self._reader
+        try:
+            body = reader.feed(data)
+            if reader.head is not None and not self._head.done():
+                self._head.set_result(reader.head)
+            if body:
+                sink = self._sink
+                kept = body if sink is None else sink(body)
+                if kept:
+                    self._queue.append(kept)
+                    self._queued += len(kept)
+                    if self._queued >= self._max_pending and not self._paused:
+                        assert self._transport is not None
+                        self._paused = True
+                        self._transport.pause_reading()
+            if reader.done:
+                self._eof = True
+                self._close()
+        except Exception as exc:  # noqa: BLE001 (framing, an oversized event, a filter bug: read() raises it)
+            self._exc = exc
+            self._close()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        return None  # close: the response is over or cut; connection_lost decides which
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not (self._eof or self.ended or self._exc is not None):
+            try:
+                self._reader.feed_eof()  # a body delimited by the close ends here
+                self._eof = True
+            except StreamFramingError as cut:
+                why = f"{cut}" + (f" ({exc})" if exc else "")
+                self._exc = UpstreamClosed(why)
+        if not self._head.done():
+            self._head.set_exception(self._exc or UpstreamClosed("connection closed before the response"))
+            self._head.exception()  # retrieved here: nobody may be waiting for it any more
+        self._wake()
+
+    # -- the relay's side -------------------------------------------------------------------------
+
+    async def head(self) -> ResponseHead:
+        return await self._head
+
+    def attach(self, sink: Callable[[bytes], bytes]) -> None:
+        """From now on each read's body goes through ``sink`` and only what it returns is queued; body
+        bytes that came with the head are run through it first."""
+        self._sink = sink
+        if self._queue:
+            body = b"".join(self._queue)
+            self._queue.clear()
+            self._queued = 0
+            try:
+                kept = sink(body)
+            except Exception as exc:  # noqa: BLE001 (handed to read(), as in data_received)
+                self._exc = exc
+                self._close()
+                return
+            if kept:
+                self._queue.append(kept)
+                self._queued = len(kept)
+
+    async def read(self) -> bytes:
+        """The next kept bytes, b"" at the end of the body (or after ``end()``); raises what broke it."""
+        while True:
+            if self.ended:
+                return b""
+            if self._queue:
+                out = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                if self._paused and self._transport is not None:
+                    self._paused = False
+                    self._transport.resume_reading()
+                return out
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body (an error answer), at most ``limit`` bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await self.read():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"API server error answer exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def end(self) -> None:
+        """End from outside (shutdown, membership change): the pending ``read()`` returns b"" now."""
+        self.ended = True
+        self._close()
+        if not self._head.done():
+            self._head.set_exception(UpstreamClosed("ended by discofilter"))
+            self._head.exception()
+        self._wake()
+
+    def close(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            # abort, not close: nothing is left to write, and a closing TLS transport would otherwise
+            # keep reading (and filtering) until the peer's close_notify.
+            self._transport.abort()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+__all__ = ["UpstreamClosed", "WatchConnection", "request_bytes"]
