@@ -16,12 +16,14 @@ event, 5 passes) framed two ways:
 - ``paced-2000``: one event per write at 2,000 events/s (4,000 events): the moderate rate of the latency
   phase, where every event costs a wakeup, a read and a callback chain of its own.
 
-The client (this process, uvloop) reads it with aiohttp ``readany()`` as ``proxy._pump`` does, with a
-few ``read_bufsize`` values, and with plain asyncio streams and no HTTP parser (the floor of loop and
-kernel). Measured per event: the client's CPU (user+system), minor page faults (fresh pages touched: glibc
-serves allocations over its mmap threshold, 128 KiB by default, with fresh mappings, so large buffers
-fault on every read), and wall time. Run it again with ``MALLOC_MMAP_THRESHOLD_=1048576
-MALLOC_TRIM_THRESHOLD_=16777216`` in the environment to see what the allocator settings change.
+The client (this process, uvloop) reads it with aiohttp ``readany()`` (what ``proxy._pump`` did until
+filtered watches got their own reader), with a few ``read_bufsize`` values; with discofilter's own watch
+reader (``watchconn``, de-chunking in the read callback, a sink that drops every byte); and with plain
+asyncio streams and no HTTP parser (the floor of loop and kernel). Measured per event: the client's CPU
+(user+system), minor page faults (fresh pages touched: glibc serves allocations over its mmap threshold,
+128 KiB by default, with fresh mappings, so large buffers fault on every read), and wall time. Run it
+again with ``MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_TRIM_THRESHOLD_=16777216`` in the environment to see
+what the allocator settings change.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from typing import Any, Final
 
 import aiohttp
 import uvloop
+from yarl import URL
 
 from discofilter.bench.core import build_corpora
 from discofilter.bench.pump import frame_chunks
+from discofilter.watchconn import WatchConnection, request_bytes
 
 PASSES: Final = 5
 CHUNK: Final = 64 * 1024
@@ -121,6 +125,24 @@ async def _aiohttp_read(url: str, bufsize: int) -> int:
             n += len(chunk)
 
 
+async def _watchconn_read(url: str) -> int:
+    """discofilter's own watch reader (watchconn + core.http1), its sink dropping every byte."""
+    base = URL(url)
+    req = request_bytes("GET", URL(f"{base.scheme}://{base.host_port_subcomponent}"), base.raw_path, {})
+    conn = await WatchConnection.open(base, req, False, connect_timeout=10, max_pending=256 * 1024)
+    await conn.head()
+    n = 0
+
+    def sink(data: bytes) -> bytes:
+        nonlocal n
+        n += len(data)
+        return b""
+
+    conn.attach(sink)
+    await conn.read()
+    return n
+
+
 async def _raw_read(host: str, port: int, path: str, bufsize: int) -> int:
     reader, writer = await asyncio.open_connection(host, port, limit=bufsize)
     writer.write(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -179,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # one event per read: the buffer size cannot matter
                 r = _measure(lambda url=url, b=bufsize: _aiohttp_read(url, b), n)  # type: ignore[misc]
                 rows.append({"reader": "aiohttp readany", "framing": mode, "read_bufsize": bufsize, **r})
+            r = _measure(lambda url=url: _watchconn_read(url), n)  # type: ignore[misc]
+            rows.append({"reader": "discofilter watchconn", "framing": mode, "read_bufsize": 256 * 1024, **r})
             r = _measure(lambda mode=mode: _raw_read(host, port, mode, 256 * 1024), n)  # type: ignore[misc]
             rows.append(
                 {"reader": "asyncio stream, no HTTP", "framing": mode, "read_bufsize": 256 * 1024, **r}
