@@ -456,3 +456,26 @@ def pb_frames_partial(body: bytes) -> list[bytes]:
         frames.append(body[pos : pos + 4 + n])
         pos += 4 + n
     return frames
+
+
+async def test_a_filtered_watch_asks_for_an_uncompressed_stream_on_its_own_connection(tmp_path: Path) -> None:
+    async with stack(tmp_path, {"/api/v1/pods?watch": "watch-pods.json"}) as (df, replay, _):
+        status, _, body = await get(
+            df.url + "/api/v1/pods?watch=1&resourceVersion=0",
+            headers={"Accept-Encoding": "gzip", "Authorization": "Bearer istiod"},
+        )
+    assert status == 200
+    events = [orjson.loads(line) for line in body.splitlines()]
+    assert events
+    assert {e["object"]["metadata"]["namespace"] for e in events if e["type"] != "BOOKMARK"} <= MESH
+    sent = replay.requests[-1]
+    assert sent.headers["Accept-Encoding"] == "identity"  # the stream is filtered: it must come plain
+    assert sent.headers["Connection"] == "close"  # a watch connection is never reused
+    assert sent.headers["Authorization"] == "Bearer istiod"  # the client's own, unchanged
+
+
+async def test_a_compressed_watch_answer_is_refused_never_forwarded(tmp_path: Path) -> None:
+    async with stack(tmp_path, {"/api/v1/pods?watch": "list-pods.json.gz"}) as (df, _, _):
+        status, _, body = await get(df.url + "/api/v1/pods?watch=1&resourceVersion=0")
+    assert status == 502
+    assert b"Content-Encoding 'gzip'" in body
