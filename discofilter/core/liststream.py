@@ -45,6 +45,7 @@ DEFAULT_MAX_ITEM_BYTES: Final = 16 * 1024 * 1024
 _RAW: Final = msgspec.json.Decoder(msgspec.Raw)
 _TRAILING: Final = re.compile(r"trailing characters \(byte (\d+)\)")
 _KEY: Final = msgspec.json.Decoder(str)
+_AT_BYTE: Final = re.compile(r"\(byte (\d+)\)$")
 
 
 class _State(Enum):
@@ -306,6 +307,13 @@ class ListStream:
         self._pos = end
         return True
 
+    @staticmethod
+    def _cut_short(exc: msgspec.DecodeError, size: int) -> bool:
+        """A number cut after ``.``, ``e`` or ``-`` is "invalid number (byte N)", not "truncated", in
+        msgspec 0.23, with N (0-based) at the end of the input: more bytes may still make it valid."""
+        m = _AT_BYTE.search(str(exc))
+        return m is not None and int(m.group(1)) >= size
+
     def _value_end(self, pos: int, *, eof: bool) -> int | None:
         """Where the JSON value at ``pos`` ends, or None (and _pos, _need set) if it has not all arrived."""
         buf = self._buf
@@ -317,7 +325,7 @@ class ListStream:
                 self._need = 0
                 # msgspec counts bytes from 1: byte N is the first one after the value.
                 return _rstrip_ws(buf, pos, pos + int(m.group(1)) - 1)
-            if str(exc) != "Input data was truncated":
+            if str(exc) != "Input data was truncated" and not self._cut_short(exc, len(buf) - pos):
                 raise StreamFramingError(f"list answer is not valid JSON: {exc}") from exc
             if eof:
                 raise StreamFramingError("list answer ended inside a value") from exc
