@@ -133,9 +133,9 @@ async def _watchconn_read(url: str) -> int:
     await conn.head()
     n = 0
 
-    def sink(data: bytes) -> bytes:
+    def sink(data: bytes, spans: list[int]) -> bytes:
         nonlocal n
-        n += len(data)
+        n += sum(spans[1::2]) - sum(spans[::2])
         return b""
 
     conn.attach(sink)

@@ -735,7 +735,7 @@ class Proxy:
         The filter runs in the connection's read callback (``WatchConnection.attach``); this task only
         wakes for kept bytes, one write per wakeup: whole events only, flushed now, never held for the
         next read; awaiting the write is the backpressure on a slow client."""
-        conn.attach(wf.feed_joined)
+        conn.attach(wf.feed_spans)
         read = conn.read
         try:
             while True:
@@ -777,7 +777,7 @@ class StreamFilter(FilterCounts, Protocol):
 
     last_kept: bytes | None
 
-    def feed_joined(self, data: bytes) -> bytes: ...
+    def feed_spans(self, data: bytes, spans: list[int]) -> bytes: ...
 
     def feed_eof(self) -> None: ...
 

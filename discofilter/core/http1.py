@@ -92,12 +92,26 @@ class ResponseReader:
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
+        """The body bytes ``data`` completes, as one bytes (one copy when the read held chunk framing)."""
+        buf, spans = self.feed_spans(data)
+        if len(spans) == 2:
+            a, b = spans
+            return buf if a == 0 and b == len(buf) else buf[a:b]
+        view = memoryview(buf)
+        return b"".join([view[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
+
+    def feed_spans(self, data: bytes) -> tuple[bytes, list[int]]:
+        """The body bytes ``data`` completes, not copied: a buffer and the ``[start, end, start, end...]``
+        offsets of the body in it (the chunk payloads between chunk framing). The buffer is ``data``
+        itself unless an incomplete size line was held from the last read. The watch relay filters
+        the spans in place, so a dropped event is never copied at all."""
         state = self._state
-        if state == _DATA and len(data) < self._need:
-            self._need -= len(data)  # the middle of a long chunk: passed on as it came
-            return data
+        n = len(data)
+        if state == _DATA and n < self._need:
+            self._need -= n  # the middle of a long chunk: passed on as it came
+            return data, [0, n] if n else []
         if state == _UNTIL_CLOSE:
-            return data
+            return data, [0, n] if n else []
         if state == _LENGTH:
             return self._feed_length(data)
         if self._buf:
@@ -108,8 +122,8 @@ class ResponseReader:
             if self._state == _LENGTH:
                 return self._feed_length(data)
             if self._state == _UNTIL_CLOSE:
-                return data
-        return self._feed_chunked(data)
+                return data, [0, len(data)] if data else []
+        return data, self._feed_chunked(data)
 
     def feed_eof(self) -> None:
         if self._state == _UNTIL_CLOSE:
@@ -172,21 +186,21 @@ class ResponseReader:
 
     # -- bodies ---------------------------------------------------------------------------------------
 
-    def _feed_length(self, data: bytes) -> bytes:
-        if len(data) < self._need:
-            self._need -= len(data)
-            return data
-        extra = len(data) - self._need
+    def _feed_length(self, data: bytes) -> tuple[bytes, list[int]]:
+        n = len(data)
+        if n < self._need:
+            self._need -= n
+            return data, [0, n] if n else []
+        extra = n - self._need
         if extra:
             raise StreamFramingError(f"{extra} bytes after the end of the response body")
         self._finish()
-        return data
+        return data, [0, n] if n else []
 
-    def _feed_chunked(self, data: bytes) -> bytes:
-        """The loop over chunk framing: per chunk one regular-expression match for its size line, and a
-        slice (joined once per read). A read that is one chunk (what a watch mostly gets) is one copy."""
-        pieces: list[memoryview] = []
-        view = memoryview(data)
+    def _feed_chunked(self, data: bytes) -> list[int]:
+        """The loop over chunk framing: per chunk one regular-expression match for its size line, and
+        its payload's offsets."""
+        spans: list[int] = []
         pos = 0
         n = len(data)
         state = self._state
@@ -208,11 +222,11 @@ class ResponseReader:
             if state == _DATA:
                 end = pos + need
                 if end > n:
-                    pieces.append(view[pos:])
+                    spans += (pos, n)
                     need = end - n
                     pos = n
                     break
-                pieces.append(view[pos:end])
+                spans += (pos, end)
                 pos = end
                 need = 0
                 state = _DATA_END
@@ -245,10 +259,7 @@ class ResponseReader:
                 raise StreamFramingError(f"{n - pos} bytes after the end of the response body")
         self._state = state
         self._need = need
-        if len(pieces) == 1:
-            piece = pieces[0]
-            return data if piece.nbytes == n else piece.tobytes()
-        return b"".join(pieces)
+        return spans
 
     @staticmethod
     def _check_size_line(data: bytes, pos: int) -> None:

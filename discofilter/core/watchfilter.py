@@ -182,7 +182,6 @@ class WatchFilter:
         "_decisions",
         "_framer",
         "_members",
-        "_rest",
         "_use_fast",
         "bytes_in",
         "bytes_out",
@@ -205,7 +204,6 @@ class WatchFilter:
         self._decisions = decisions if isinstance(getattr(members, "version", None), int) else None
         self._members = members
         self._use_fast = use_fast_path
-        self._rest = 0
         self.events_in = 0
         self.events_kept = 0
         self.events_dropped = 0
@@ -230,116 +228,131 @@ class WatchFilter:
         return [line + b"\n" for line in out[:-1].split(b"\n")]
 
     def feed_joined(self, data: bytes) -> bytes:
-        """The kept events of ``data`` as one bytes (b"" when none): what the relay writes.
+        """The kept events of ``data`` as one bytes (b"" when none).
 
         Runs of consecutive kept events are taken as memoryview slices of the read and joined once, so a
         kept byte is copied once, and a read that is kept whole comes back as itself, not copied at all.
         """
-        self.bytes_in += len(data)
-        nl = data.find(b"\n")
-        if nl < 0 or not self._use_fast:
-            return b"".join(self._feed_lines(self._framer.feed(data)))
-        decisions = self._decisions
-        if decisions is None:
-            seen: dict[bytes, bool] = {}  # this read only: nothing changes within one synchronous call
-        else:
-            version: int = getattr(self._members, "version")  # noqa: B009 (an int, checked in __init__)
-            if version != decisions.version:  # the member set changed: earlier decisions are stale
-                decisions.kept.clear()
-                decisions.version = version
-            seen = decisions.kept
-        pieces: list[bytes | memoryview] = []
-        start = 0
-        view = memoryview(data)
-        if self._framer.buffered:
-            # The rest of an event begun in an earlier read: joined once, then decided like the others.
-            line = self._framer.complete(view[: nl + 1])
-            if self._decide(line, memoryview(line), 0, len(line) - 1, pieces, seen)[0] >= 0:
-                self.last_kept = line
-            start = nl + 1
-            nl = data.find(b"\n", start)
-        first = start
-        last, last_end = self._decide(data, view, start, nl, pieces, seen)
-        if last >= 0:
-            self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
-        end = pieces[-1].nbytes if len(pieces) == 1 and isinstance(pieces[-1], memoryview) else -1
-        # A read kept whole is written on as it came.
-        out = data if first == 0 and end == len(data) else b"".join(pieces)
-        if self._rest < len(data):
-            self._framer.hold(view[self._rest :])
-        return out
+        if not data:
+            return b""
+        return self.feed_spans(data, [0, len(data)])
 
-    def _decide(
-        self,
-        data: bytes,
-        view: memoryview,
-        start: int,
-        nl: int,
-        pieces: list[bytes | memoryview],
-        seen: dict[bytes, bool],
-    ) -> tuple[int, int]:
-        """The hot loop: decide the events of ``data`` from ``start`` (``nl`` is the first newline) in
-        place, by offset; each run of consecutive kept events goes to ``pieces`` as one slice of ``view``.
-        Sets ``_rest`` to where the unfinished rest begins; returns where the last event kept by the fast
-        path begins and ends, or -1 (an event kept by the slow path sets ``last_kept`` itself)."""
+    def feed_spans(self, data: bytes, spans: list[int]) -> bytes:
+        """The kept events of the body bytes ``data[spans[0]:spans[1]]``, ``data[spans[2]:spans[3]]``...
+        (one socket read with its HTTP chunk framing in between: ``core.http1.ResponseReader.feed_spans``),
+        as one bytes: what the relay writes. The body is never joined first, so a dropped event is never
+        copied; the kept ones are copied once, into the answer.
+
+        The hot loop: events are decided in place, by offset, and each run of consecutive kept events
+        goes to the answer as one slice of the read. An event begun in an earlier read or chunk is
+        joined once and decided by the line path."""
+        if not self._use_fast:
+            return self._feed_spans_slow(data, spans)
         members = self._members
-        limit = self._framer.max_line_bytes
+        framer = self._framer
+        limit = framer.max_line_bytes
         match = _FAST.match
         find = data.find
-        events = dropped = kept_bytes = 0
-        run = last = last_end = -1  # run: where the current run of kept events begins
-        while nl >= 0:
-            end = nl + 1
-            if end - start > limit:
-                self._framer.feed(data[start:end])  # raises ObjectTooLargeError
-            # _scan, inlined for the common case (a call costs as much as the find).
-            m = match(data, start, end) if data[nl - 1] == 0x7D else None
-            keep: bool | None = None  # None: the fast path cannot tell, the slow path decides
-            if m is not None:
-                a, b = m.span(1)
-                if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
-                    key = data[a:b]
-                    keep = seen.get(key)
-                    if keep is None:
-                        try:
-                            keep = key.decode() in members
-                        except UnicodeDecodeError:
-                            keep = None
-                        else:
-                            if len(seen) < NamespaceDecisions.MAX:
-                                seen[key] = keep
-            elif nl > start and data[nl - 1] == 0x7D:
-                ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
-                if ns is not None:
-                    keep = ns is _ALWAYS or ns in members
-            if keep:
-                if run < 0:
-                    run = start
-                last, last_end = start, end
-                events += 1
-                kept_bytes += end - start
-            else:
-                if run >= 0:
-                    pieces.append(view[run:start])
-                    run = -1
-                if keep is None:
-                    slow = self._feed_lines([data[start:end]])  # counts for itself
-                    if slow:
-                        pieces.extend(slow)
-                        last = -1
-                else:
+        seen = self._seen()
+        view = memoryview(data)
+        pieces: list[bytes | memoryview] = []
+        events = dropped = kept_bytes = bytes_in = 0
+        last = last_end = -1  # the last event kept by the fast path, while none kept later elsewhere
+        for i in range(0, len(spans), 2):
+            start, stop = spans[i], spans[i + 1]
+            bytes_in += stop - start
+            nl = find(b"\n", start, stop)
+            if nl < 0:
+                framer.hold(view[start:stop])
+                continue
+            if framer.buffered:
+                kept = self._feed_lines([framer.complete(view[start : nl + 1])])  # sets last_kept
+                if kept:
+                    pieces.extend(kept)
+                    last = -1
+                start = nl + 1
+                nl = find(b"\n", start, stop)
+            run = -1  # where the current run of kept events begins
+            while nl >= 0:
+                end = nl + 1
+                if end - start > limit:
+                    framer.feed(data[start:end])  # raises ObjectTooLargeError
+                m = match(data, start, end) if data[nl - 1] == 0x7D else None
+                keep: bool | None = None  # None: the fast path cannot tell, the slow path decides
+                if m is not None:
+                    a, b = m.span(1)
+                    if find(b"\\", start, b) < 0:  # b is the namespace's closing quote
+                        key = data[a:b]
+                        keep = seen.get(key)
+                        if keep is None:
+                            try:
+                                keep = key.decode() in members
+                            except UnicodeDecodeError:
+                                keep = None
+                            else:
+                                if len(seen) < NamespaceDecisions.MAX:
+                                    seen[key] = keep
+                elif nl > start and data[nl - 1] == 0x7D:
+                    ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
+                    if ns is not None:
+                        keep = ns is _ALWAYS or ns in members
+                if keep:
+                    if run < 0:
+                        run = start
+                    last, last_end = start, end
                     events += 1
-                    dropped += 1
-            start = end
-            nl = find(b"\n", start)
-        if run >= 0:
-            pieces.append(view[run:start])
-        self._rest = start
+                    kept_bytes += end - start
+                else:
+                    if run >= 0:
+                        pieces.append(view[run:start])
+                        run = -1
+                    if keep is None:
+                        slow = self._feed_lines([data[start:end]])  # counts for itself, sets last_kept
+                        if slow:
+                            pieces.extend(slow)
+                            last = -1
+                    else:
+                        events += 1
+                        dropped += 1
+                start = end
+                nl = find(b"\n", start, stop)
+            if run >= 0:
+                pieces.append(view[run:start])
+            if start < stop:
+                framer.hold(view[start:stop])
+        self.bytes_in += bytes_in
         self.events_in += events
         self.events_dropped += dropped
         self.events_kept += events - dropped
         self.bytes_out += kept_bytes
-        return last, last_end
+        if last >= 0:
+            self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
+        if len(pieces) == 1:
+            piece = pieces[0]
+            if isinstance(piece, memoryview):
+                # A read kept whole is written on as it came.
+                whole = piece.obj is data and piece.nbytes == len(data)
+                return data if whole else piece.tobytes()
+            return piece
+        return b"".join(pieces)
+
+    def _feed_spans_slow(self, data: bytes, spans: list[int]) -> bytes:
+        """Every line through the line path (the tests' proof that both paths decide alike)."""
+        out: list[bytes] = []
+        for i in range(0, len(spans), 2):
+            self.bytes_in += spans[i + 1] - spans[i]
+            out.extend(self._feed_lines(self._framer.feed(data[spans[i] : spans[i + 1]])))
+        return b"".join(out)
+
+    def _seen(self) -> dict[bytes, bool]:
+        decisions = self._decisions
+        if decisions is None:
+            return {}  # this read only: nothing changes within one synchronous call
+        version: int = getattr(self._members, "version")  # noqa: B009 (an int, checked in __init__)
+        if version != decisions.version:  # the member set changed: earlier decisions are stale
+            decisions.kept.clear()
+            decisions.version = version
+        return decisions.kept
 
     def _feed_lines(self, lines: list[bytes]) -> list[bytes]:
         """Decide whole lines one by one (the slow path, and lines completed across reads)."""

@@ -5,6 +5,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from discofilter.core.http1 import ResponseReader
 from discofilter.core.membership import Membership
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet, parse_selector
 from discofilter.core.watchfilter import (
@@ -16,7 +17,8 @@ from discofilter.core.watchfilter import (
 )
 from discofilter.errors import ObjectTooLargeError, StreamFramingError
 from tests import fixtures
-from tests.helpers import feed_every_split, fixture_names, manifest_entry, splits
+from tests.core.test_http1 import chunked
+from tests.helpers import feed_every_split, fixture_names, manifest_entry, reads, splits
 
 FILTERED_PATHS = (
     "/api/v1/pods",
@@ -204,6 +206,29 @@ def test_joined_output_and_resume_point_whatever_the_reads(fast: bool) -> None:
         assert wf.last_kept is not None
         assert event_resource_version(wf.last_kept) == last_rv, name
         assert wf.bytes_out == len(expected)
+
+
+@pytest.mark.parametrize("name", ["watch-pods.json", "watchlist-pods.json", "watch-endpointslices.json"])
+def test_spans_of_the_real_chunked_wire_give_what_the_body_gives(name: str) -> None:
+    """The relay filters the body in place between the HTTP chunk framing (``feed_spans`` over
+    ``ResponseReader.feed_spans``): whatever the reads, it writes exactly what filtering the de-chunked
+    body gives, with the same counts and resume point."""
+    data = fixtures.body(name)
+    wire = chunked(reads(name)["chunk_sizes"], data)
+    reference = WatchFilter(MESH, use_fast_path=False)
+    expected = b"".join(reference.feed(data))
+    assert expected
+    for split, pieces in splits(wire):
+        if split == "bytewise" and len(wire) > 200_000:
+            continue
+        reader, wf = ResponseReader(), WatchFilter(MESH)
+        reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        out = b"".join(wf.feed_spans(*reader.feed_spans(p)) for p in pieces)
+        wf.feed_eof()
+        assert out == expected, split
+        assert wf.last_kept == reference.last_kept, split
+        counts = (wf.events_in, wf.events_kept, wf.bytes_in, wf.bytes_out)
+        assert counts == (reference.events_in, reference.events_kept, len(data), len(expected)), split
 
 
 def test_a_read_kept_whole_is_passed_on_uncopied_and_runs_skip_dropped_events() -> None:
