@@ -30,18 +30,11 @@ from typing import cast
 
 from yarl import URL
 
-from discofilter.core.http1 import ResponseHead, ResponseReader
+from discofilter.core.http1 import ResponseHead, ResponseReader, join_spans
 from discofilter.errors import StreamFramingError, UpstreamError
 
 Sink = Callable[[bytes, list[int]], bytes]
 """A watch filter's ``feed_spans``: one read's buffer and the offsets of the body in it -> kept bytes."""
-
-
-def _join(buf: bytes, spans: list[int]) -> bytes:
-    if len(spans) == 2 and spans[0] == 0 and spans[1] == len(buf):
-        return buf
-    view = memoryview(buf)
-    return b"".join([view[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
 
 
 class UpstreamClosed(ConnectionError):
@@ -132,7 +125,7 @@ class WatchConnection(asyncio.Protocol):
                 self._head.set_result(reader.head)
             if spans:
                 sink = self._sink
-                kept = sink(buf, spans) if sink is not None else _join(buf, spans)
+                kept = sink(buf, spans) if sink is not None else join_spans(buf, spans)
                 if kept:
                     self._queue.append(kept)
                     self._queued += len(kept)

@@ -68,7 +68,7 @@ async def open_conn(url: URL, max_pending: int = 64 * 1024) -> WatchConnection:
 
 def body(buf: bytes, spans: list[int]) -> bytes:
     """A sink that keeps the whole body of each read."""
-    return b"".join(buf[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2))
+    return b"".join(buf[a:b] for a, b in zip(spans[::2], spans[1::2], strict=True))
 
 
 def chunk(data: bytes) -> bytes:

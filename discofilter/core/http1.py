@@ -40,6 +40,15 @@ _SIZE_LINE: Final = re.compile(rb"([0-9a-fA-F]{1,16})(?:[ \t]*;[^\r\n]*)?\r\n")
 _SIZE_PREFIX: Final = re.compile(rb"[0-9a-fA-F]{0,16}(?:[ \t]*(?:;[^\r\n]*)?)?\r?\Z")
 
 
+def join_spans(buf: bytes, spans: list[int]) -> bytes:
+    """The bytes of ``buf[spans[0]:spans[1]]``, ``buf[spans[2]:spans[3]]``... as one bytes: ``buf`` itself
+    when one span covers it, else one copy."""
+    if len(spans) == 2 and spans[0] == 0 and spans[1] == len(buf):
+        return buf
+    view = memoryview(buf)
+    return b"".join([view[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
+
+
 class ResponseHead:
     __slots__ = ("headers", "reason", "status", "version")
 
@@ -93,12 +102,7 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> bytes:
         """The body bytes ``data`` completes, as one bytes (one copy when the read held chunk framing)."""
-        buf, spans = self.feed_spans(data)
-        if len(spans) == 2:
-            a, b = spans
-            return buf if a == 0 and b == len(buf) else buf[a:b]
-        view = memoryview(buf)
-        return b"".join([view[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)])
+        return join_spans(*self.feed_spans(data))
 
     def feed_spans(self, data: bytes) -> tuple[bytes, list[int]]:
         """The body bytes ``data`` completes, not copied: a buffer and the ``[start, end, start, end...]``
@@ -272,4 +276,4 @@ class ResponseReader:
             raise StreamFramingError(f"malformed HTTP chunk-size line {bytes(data[pos : pos + 40])!r}")
 
 
-__all__ = ["MAX_HEAD_BYTES", "ResponseHead", "ResponseReader", "parse_head"]
+__all__ = ["MAX_HEAD_BYTES", "ResponseHead", "ResponseReader", "join_spans", "parse_head"]

@@ -32,6 +32,7 @@ from collections.abc import Container
 from typing import Final
 
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
+from discofilter.core.http1 import join_spans
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES
 from discofilter.core.protobuf import (
     LEN,
@@ -348,10 +349,7 @@ class ProtoWatchFilter:
     def feed_spans(self, data: bytes, spans: list[int]) -> bytes:
         """``feed_joined`` of the body spans of one read (see ``WatchFilter.feed_spans``): joined first
         here, because frames are found by their length prefixes, a copy next to the filter's cost."""
-        if len(spans) == 2 and spans[0] == 0 and spans[1] == len(data):
-            return self.feed_joined(data)
-        view = memoryview(data)
-        return self.feed_joined(b"".join([view[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)]))
+        return self.feed_joined(join_spans(data, spans))
 
     def feed_eof(self) -> None:
         """End of the upstream body: raises StreamFramingError if it ended inside a frame."""
