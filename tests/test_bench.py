@@ -252,3 +252,39 @@ async def test_paced_pump_sends_every_event_as_its_own_chunk() -> None:
             writer.close()
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("phase", ["saturation", "latency"])
+async def test_ctrl_c_while_the_proxies_start_leaves_no_process_behind(tmp_path: Path, phase: str) -> None:
+    """Ctrl-C lands while the proxies of a phase are starting: every child that did start is stopped.
+
+    The discofilter processes are the ones to watch (their command line names the output folder): the
+    reference proxies and workers also stop by themselves when the bench's pipes to them close."""
+    import psutil
+
+    out = tmp_path / "out"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "discofilter", "bench", "--quick", "--out", str(out),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while f"{phase}: starting" not in (await proc.stderr.readline()).decode():
+            pass
+    await asyncio.sleep(0.3)  # some proxies are up, others still starting
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(60):
+        await proc.communicate()
+    assert proc.returncode == 130
+
+    def ours() -> list[str]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(out) in cmd:
+                found.append(cmd)
+        return found
+
+    async with asyncio.timeout(10):
+        while ours():  # give a stopped child a moment to be reaped
+            await asyncio.sleep(0.2)

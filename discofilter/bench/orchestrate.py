@@ -112,6 +112,9 @@ async def _start_bench_proxy(
     except TimeoutError as exc:
         await proc.stop()
         raise BenchError(f"{name} did not start; log: {proc.log_tail()}") from exc
+    except BaseException:
+        await asyncio.shield(proc.stop())  # Ctrl-C while it starts: nobody else knows it yet
+        raise
     if not line:
         raise BenchError(f"{name} exited at start; log: {proc.log_tail()}")
     # The proxy keeps reading its stdin and stops when it closes: stop() closes it, no command needed.
@@ -146,16 +149,22 @@ async def proxies_for(
     }
     progress(f"{phase}: starting {', '.join(names)} in front of {upstream}")
     f = Fleet(urls={"direct": upstream})
+    tasks = [asyncio.ensure_future(starters[n]()) for n in names]
     try:
-        started = await asyncio.gather(*(starters[n]() for n in names), return_exceptions=True)
-        failure: BaseException | None = None
-        for name, result in zip(names, started, strict=True):
-            if isinstance(result, BaseException):
-                failure = failure or result
-            else:
-                f.proxies[name], f.urls[name] = result
-        if failure is not None:
-            raise failure
+        try:
+            await asyncio.wait(tasks)
+        finally:
+            # Interrupted (Ctrl-C) or not, every proxy that did start is registered, so the outer
+            # finally stops it; one still starting is cancelled and stops itself.
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks)
+            for name, t in zip(names, tasks, strict=True):
+                if not t.cancelled() and t.exception() is None:
+                    f.proxies[name], f.urls[name] = t.result()
+        failures = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
+        if failures:
+            raise failures[0]
         yield f
     finally:
         await asyncio.gather(*(p.stop() for p in f.proxies.values()), return_exceptions=True)

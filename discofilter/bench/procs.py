@@ -226,7 +226,13 @@ async def start_discofilter(
             argv += ["--namespace-selector", sel]
         proc = Proc(name, [*argv, *extra], log_dir)
         await proc.start()
-        if await _wait_ready(proc, f"http://127.0.0.1:{health}/readyz"):
+        try:
+            ready = await _wait_ready(proc, f"http://127.0.0.1:{health}/readyz")
+        except BaseException:
+            # Ctrl-C (or any failure) while it starts: it is nobody's to stop yet but ours.
+            await asyncio.shield(proc.stop())
+            raise
+        if ready:
             return proc, f"http://127.0.0.1:{port}"
         await proc.stop()
     raise BenchError(f"{name} did not become ready; log: {proc.log_tail()}")
