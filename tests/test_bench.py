@@ -254,14 +254,25 @@ async def test_paced_pump_sends_every_event_as_its_own_chunk() -> None:
         server.close()
 
 
+def processes_naming(path: Path) -> list[str]:
+    """Command lines of the running processes that name ``path`` (discofilter serve names its
+    kubeconfig there)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(path) in cmd:
+            found.append(cmd)
+    return found
+
+
 @pytest.mark.parametrize("phase", ["saturation", "latency"])
 async def test_ctrl_c_while_the_proxies_start_leaves_no_process_behind(tmp_path: Path, phase: str) -> None:
     """Ctrl-C lands while the proxies of a phase are starting: every child that did start is stopped.
 
     The discofilter processes are the ones to watch (their command line names the output folder): the
     reference proxies and workers also stop by themselves when the bench's pipes to them close."""
-    import psutil
-
     out = tmp_path / "out"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "discofilter", "bench", "--quick", "--out", str(out),
@@ -276,15 +287,25 @@ async def test_ctrl_c_while_the_proxies_start_leaves_no_process_behind(tmp_path:
     async with asyncio.timeout(60):
         await proc.communicate()
     assert proc.returncode == 130
-
-    def ours() -> list[str]:
-        found = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if str(out) in cmd:
-                found.append(cmd)
-        return found
-
     async with asyncio.timeout(10):
-        while ours():  # give a stopped child a moment to be reaped
+        while processes_naming(out):  # give a stopped child a moment to be reaped
+            await asyncio.sleep(0.2)
+
+
+async def test_a_killed_bench_takes_its_processes_with_it(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives the bench no chance to clean up: its children end themselves."""
+    out = tmp_path / "out"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "discofilter", "bench", "--quick", "--out", str(out),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while "saturation 1/1" not in (await proc.stderr.readline()).decode():
+            pass  # every saturation proxy is up and serving
+    assert processes_naming(out)
+    proc.kill()
+    await proc.wait()
+    async with asyncio.timeout(20):
+        while processes_naming(out):
             await asyncio.sleep(0.2)

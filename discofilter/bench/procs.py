@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -32,6 +34,21 @@ JsonObj = dict[str, Any]
 Handler = Callable[[JsonObj], Awaitable[JsonObj]]
 
 # Replies carry per-event tables (resourceVersion, time) of whole latency runs: tens of MB at most.
+_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
+# Resolved here, in the parent: between fork and exec the child only makes the call (no import, no
+# lookup that could wait on a lock another thread of the parent held at the fork).
+_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the bench process dies, however it dies (SIGKILL, OOM),
+    so no proxy or API server outlives it. Linux only; elsewhere nothing is done."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the parent died before prctl: end now rather than run on alone
+            os._exit(1)
+
+
 _LINE_LIMIT: Final = 1 << 28
 _STOP_GRACE_SECONDS: Final = 10.0
 
@@ -105,6 +122,7 @@ class Proc:
                 stderr=log,
                 limit=_LINE_LIMIT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_die_with_parent,
             )
         self.ps = psutil.Process(self.proc.pid)
 
