@@ -124,22 +124,26 @@ class WatchConnection(asyncio.Protocol):
             if reader.head is not None and not self._head.done():
                 self._head.set_result(reader.head)
             if spans:
-                sink = self._sink
-                kept = sink(buf, spans) if sink is not None else join_spans(buf, spans)
-                if kept:
-                    self._queue.append(kept)
-                    self._queued += len(kept)
-                    if self._queued >= self._max_pending and not self._paused:
-                        assert self._transport is not None
-                        self._paused = True
-                        self._transport.pause_reading()
+                self._hand_on(buf, spans)
             if reader.done:
                 self._eof = True
-                self._close()
+                self.close()
         except Exception as exc:  # noqa: BLE001 (framing, an oversized event, a filter bug: read() raises it)
             self._exc = exc
-            self._close()
+            self.close()
         self._wake()
+
+    def _hand_on(self, buf: bytes, spans: list[int]) -> None:
+        """Queue what the sink keeps of one read's body (all of it before a sink is attached); past
+        ``max_pending`` queued bytes, stop reading the socket until ``read()`` takes them."""
+        sink = self._sink
+        kept = sink(buf, spans) if sink is not None else join_spans(buf, spans)
+        if kept:
+            self._queue.append(kept)
+            self._queued += len(kept)
+            if self._queued >= self._max_pending and not self._paused and self._transport is not None:
+                self._paused = True
+                self._transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close: the response is over or cut; connection_lost decides which
@@ -171,14 +175,10 @@ class WatchConnection(asyncio.Protocol):
             self._queue.clear()
             self._queued = 0
             try:
-                kept = sink(body, [0, len(body)])
+                self._hand_on(body, [0, len(body)])
             except Exception as exc:  # noqa: BLE001 (handed to read(), as in data_received)
                 self._exc = exc
-                self._close()
-                return
-            if kept:
-                self._queue.append(kept)
-                self._queued = len(kept)
+                self.close()
 
     async def read(self) -> bytes:
         """The next kept bytes, b"" at the end of the body (or after ``end()``); raises what broke it."""
@@ -217,16 +217,13 @@ class WatchConnection(asyncio.Protocol):
     def end(self) -> None:
         """End from outside (shutdown, membership change): the pending ``read()`` returns b"" now."""
         self.ended = True
-        self._close()
+        self.close()
         if not self._head.done():
             self._head.set_exception(UpstreamClosed("ended by discofilter"))
             self._head.exception()
         self._wake()
 
     def close(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             # abort, not close: nothing is left to write, and a closing TLS transport would otherwise
             # keep reading (and filtering) until the peer's close_notify.
