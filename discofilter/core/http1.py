@@ -61,10 +61,7 @@ class ResponseHead:
 
 def parse_head(block: bytes) -> ResponseHead:
     """Parse a status line and header fields (``block`` without its final empty line)."""
-    try:
-        text = block.decode("latin-1")  # RFC 9110 §5.5: field values are octets; latin-1 keeps each
-    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
-        raise StreamFramingError(f"undecodable response head: {exc}") from exc
+    text = block.decode("latin-1")  # RFC 9110 §5.5: field values are octets; latin-1 keeps each one
     lines = text.split("\r\n")
     status_line = lines[0]
     version, _, rest = status_line.partition(" ")
@@ -91,14 +88,18 @@ class ResponseReader:
     connection closed: it ends a close-delimited body and raises if the body was cut short.
     """
 
-    __slots__ = ("_buf", "_need", "_state", "done", "head")
+    __slots__ = ("_buf", "_need", "_state", "head")
 
     def __init__(self) -> None:
         self._state = _HEAD
         self._buf = b""  # an incomplete head, chunk-size line or trailer section
         self._need = 0  # body bytes still to come: of this chunk (_DATA) or of the whole body (_LENGTH)
         self.head: ResponseHead | None = None
-        self.done = False
+
+    @property
+    def done(self) -> bool:
+        """The body has ended."""
+        return self._state == _DONE
 
     def feed(self, data: bytes) -> bytes:
         """The body bytes ``data`` completes, as one bytes (one copy when the read held chunk framing)."""
@@ -132,7 +133,6 @@ class ResponseReader:
     def feed_eof(self) -> None:
         if self._state == _UNTIL_CLOSE:
             self._state = _DONE
-            self.done = True
         elif self._state != _DONE:
             where = "response head" if self._state == _HEAD else "body"
             raise StreamFramingError(f"the API server closed the connection inside the {where}")
@@ -165,7 +165,7 @@ class ResponseReader:
         te = h.getall("Transfer-Encoding", [])
         cl = h.getall("Content-Length", [])
         if head.status in (204, 304):
-            self._finish()
+            self._state = _DONE
         elif te:
             # RFC 9112 §6.3: chunked must be the final coding; with Content-Length too, chunked wins, but
             # that combination is a smuggling sign and Go's server never sends it: refused.
@@ -180,13 +180,9 @@ class ResponseReader:
             self._need = int(values.pop())
             self._state = _LENGTH
             if self._need == 0:
-                self._finish()
+                self._state = _DONE
         else:
             self._state = _UNTIL_CLOSE
-
-    def _finish(self) -> None:
-        self._state = _DONE
-        self.done = True
 
     # -- bodies ---------------------------------------------------------------------------------------
 
@@ -198,7 +194,7 @@ class ResponseReader:
         extra = n - self._need
         if extra:
             raise StreamFramingError(f"{extra} bytes after the end of the response body")
-        self._finish()
+        self._state = _DONE
         return data, [0, n] if n else []
 
     def _feed_chunked(self, data: bytes) -> list[int]:
@@ -248,7 +244,6 @@ class ResponseReader:
                 if data.startswith(b"\r\n", pos):
                     pos += 2
                     state = _DONE
-                    self.done = True
                     continue
                 tend = data.find(b"\r\n\r\n", pos)
                 if tend < 0:
@@ -258,7 +253,6 @@ class ResponseReader:
                     break
                 pos = tend + 4
                 state = _DONE
-                self.done = True
             elif state == _DONE:
                 raise StreamFramingError(f"{n - pos} bytes after the end of the response body")
         self._state = state
