@@ -1,4 +1,5 @@
-"""The proxy handlers: pass-through, filtered LIST and filtered WATCH, over one upstream session.
+"""The proxy handlers: pass-through, filtered LIST and filtered WATCH (pass-through and LIST over one
+pooled upstream session; each filtered WATCH over its own connection, see ``watchconn``).
 
 Credentials (discofilter never adds privileges):
 - TLS listener: the client's Authorization header is forwarded unchanged; nothing of discofilter's is
@@ -71,18 +72,6 @@ _NOTHING: frozenset[str] = frozenset()
 _IDENTITY_HEADER_PREFIXES = ("impersonate-", "x-remote-")
 
 
-def end_upstream(resp: aiohttp.ClientResponse) -> None:
-    """End a relay loop from outside: its pending read returns EOF at once, and the connection goes.
-
-    Whole events already forwarded stay forwarded; a partial one in the framer is never sent.
-    (Closing the response alone does not wake a read already waiting on its StreamReader.)
-    """
-    # Close first: an EOF fed while the connection is still attached would hand the connection,
-    # mid-stream, back to the pool for the next request to trip over.
-    resp.close()
-    resp.content.feed_eof()
-
-
 EndReason = Literal["shutdown", "unknown"]
 """shutdown: the stream just ends, as at an API server watch timeout, and the client re-watches from
 its last resourceVersion (on another replica). unknown: mesh membership went unconfirmed too long; the
@@ -94,7 +83,9 @@ class _SlowClient(Exception):
 
 
 class Endable(Protocol):
-    """An open upstream answer that can be ended from outside (see ``end_upstream``)."""
+    """An open upstream answer that can be ended from outside: its relay's pending read returns EOF
+    at once, and the connection goes. Whole events already forwarded stay forwarded; a partial one is
+    never sent. (``WatchConnection`` for filtered watches, ``PooledAnswer`` for pass-through ones.)"""
 
     def end(self) -> None: ...
 
@@ -106,7 +97,11 @@ class PooledAnswer:
     resp: aiohttp.ClientResponse
 
     def end(self) -> None:
-        end_upstream(self.resp)
+        # Closing the response alone does not wake a read already waiting on its StreamReader, hence
+        # the EOF. Close first: an EOF fed while the connection is still attached would hand the
+        # connection, mid-stream, back to the pool for the next request to trip over.
+        self.resp.close()
+        self.resp.content.feed_eof()
 
 
 @dataclass(eq=False, slots=True)
@@ -315,8 +310,12 @@ class Proxy:
                 read_bufsize=self.settings.watch.read_chunk_bytes,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self.stats.upstream_error("unreachable")
-            raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> UpstreamError:
+        """Count a failed connect to the API server; raise what this returns."""
+        self.stats.upstream_error("unreachable")
+        return UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}")
 
     @staticmethod
     def _copy_headers(
@@ -343,11 +342,12 @@ class Proxy:
                 boundary = _watch_boundary(resp) if is_watch else None
                 if is_watch:
                     # Registered so a shutdown can end it (at an event boundary when one is known).
-                    watch = OpenWatch("", None, 0, upstream=PooledAnswer(resp))
+                    answer = PooledAnswer(resp)
+                    watch = OpenWatch("", None, 0, upstream=answer)
                     self.registry.passthrough.add(watch)
                     if self.registry.draining:
                         watch.closing = "shutdown"
-                        end_upstream(resp)
+                        answer.end()
                 try:
                     async for chunk in resp.content.iter_any():
                         await self._write(out, chunk, request.transport)
@@ -356,7 +356,7 @@ class Proxy:
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
                     if watch is None or watch.closing is None:
                         raise
-                    # end_upstream() closed it: what was forwarded is all there is
+                    # PooledAnswer.end() closed it: what was forwarded is all there is
                 ended_mid_event = boundary is None or not boundary.at_boundary
                 if watch is not None and watch.closing is not None and ended_mid_event:
                     log.info("shutdown cut pass-through watch %s mid-event", request.path)
@@ -604,8 +604,7 @@ class Proxy:
                 max_pending=self.settings.watch.read_chunk_bytes,
             )
         except (OSError, TimeoutError) as exc:
-            self.stats.upstream_error("unreachable")
-            raise UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}") from exc
+            raise self._unreachable(exc) from exc
 
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
