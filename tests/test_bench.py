@@ -267,6 +267,19 @@ def processes_naming(path: Path) -> list[str]:
     return found
 
 
+async def quick_bench_until(out: Path, line: str) -> asyncio.subprocess.Process:
+    """Start ``discofilter bench --quick --out OUT`` and return once its progress says ``line``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "discofilter", "bench", "--quick", "--out", str(out),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while line not in (progress := (await proc.stderr.readline()).decode()):
+            assert progress, f"the bench ended before saying {line!r}"
+    return proc
+
+
 @pytest.mark.parametrize("phase", ["saturation", "latency"])
 async def test_ctrl_c_while_the_proxies_start_leaves_no_process_behind(tmp_path: Path, phase: str) -> None:
     """Ctrl-C lands while the proxies of a phase are starting: every child that did start is stopped.
@@ -274,14 +287,7 @@ async def test_ctrl_c_while_the_proxies_start_leaves_no_process_behind(tmp_path:
     The discofilter processes are the ones to watch (their command line names the output folder): the
     reference proxies and workers also stop by themselves when the bench's pipes to them close."""
     out = tmp_path / "out"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "discofilter", "bench", "--quick", "--out", str(out),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    async with asyncio.timeout(60):
-        while f"{phase}: starting" not in (await proc.stderr.readline()).decode():
-            pass
+    proc = await quick_bench_until(out, f"{phase}: starting")
     await asyncio.sleep(0.3)  # some proxies are up, others still starting
     proc.send_signal(signal.SIGINT)
     async with asyncio.timeout(60):
@@ -295,14 +301,7 @@ async def test_ctrl_c_while_the_proxies_start_leaves_no_process_behind(tmp_path:
 async def test_a_killed_bench_takes_its_processes_with_it(tmp_path: Path) -> None:
     """SIGKILL (or the OOM killer) gives the bench no chance to clean up: its children end themselves."""
     out = tmp_path / "out"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "discofilter", "bench", "--quick", "--out", str(out),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    async with asyncio.timeout(60):
-        while "saturation 1/1" not in (await proc.stderr.readline()).decode():
-            pass  # every saturation proxy is up and serving
+    proc = await quick_bench_until(out, "saturation 1/1")  # every saturation proxy is up and serving
     assert processes_naming(out)
     proc.kill()
     await proc.wait()
