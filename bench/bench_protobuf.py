@@ -1,7 +1,7 @@
 """Protobuf frame filtering next to the JSON line filter, on the same real objects, no sockets.
 
 The same 29 events of a real kube-apiserver 1.28 pod watch (``watch-pods.pb`` and ``watch-pods.json``
-in ``../shared/fixtures``), repeated, fed in 64 KiB reads, filtered to the capture's mesh
+in ``tests/data/apiserver-1.28``), repeated, fed in 64 KiB reads, filtered to the capture's mesh
 namespaces. The floor is a plain copy of the same bytes, read by read.
 
     python bench/bench_protobuf.py            # prints a table
@@ -19,7 +19,7 @@ from pathlib import Path
 from discofilter.core.protowatch import ProtoWatchFilter
 from discofilter.core.watchfilter import WatchFilter
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "apiserver-1.28"
 REPEAT = 200
 READ = 64 * 1024
 

@@ -41,7 +41,7 @@ from discofilter.core.protobuf import (
 )
 from discofilter.core.protolist import filter_proto_list
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "apiserver-1.28"
 FIXTURE = FIXTURES / "list-pods.json"
 READ = 256 * 1024
 """discofilter's upstream read size (WatchSettings.read_chunk_bytes)."""

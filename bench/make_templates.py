@@ -1,7 +1,7 @@
 """Regenerate ``discofilter/bench/templates.py`` from the real kube-apiserver 1.28 captures.
 
 Run at development time only, from the repository root: ``python bench/make_templates.py``. The package
-never reads ``../shared`` at run time; it carries the objects this script picks, verbatim, as JSON text:
+never reads the captures at run time; it carries the objects this script picks, verbatim, as JSON text:
 
 - a mesh pod (Istio sidecar) and a plain pod, each in its Running state, from ``watch-pods.json``
   (resourceVersions 508 and 514: managedFields of kubectl Apply and kubelet status, ~20 KB and ~11 KB);
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "data" / "apiserver-1.28"
 OUT = ROOT / "discofilter" / "bench" / "templates.py"
 WIDTH = 100
 
@@ -71,7 +71,7 @@ def main() -> None:
     }
     head = '''"""Real objects from kube-apiserver 1.28.7 captures, as JSON text (generated; do not edit).
 
-Regenerate with ``python bench/make_templates.py`` (it reads ``../shared/fixtures`` at development time;
+Regenerate with ``python bench/make_templates.py`` (it reads ``tests/data/apiserver-1.28`` at development time;
 nothing here reads files at run time). Each constant holds one object as the API server lists it (no
 kind/apiVersion, Go field order, managedFields kept): the churn generator builds every object of the
 benchmark from these, so sizes match a real cluster (mesh pod ~20 KB, plain pod ~11 KB).

@@ -1,4 +1,4 @@
-"""Access to the real kube-apiserver 1.28.7 captures in ``../shared/fixtures`` (beside the repository).
+"""Access to the real kube-apiserver 1.28.7 captures in ``tests/data/apiserver-1.28`` (in the repository).
 
 The folder is located from this file, never from an absolute path. If it is missing, importing this module
 fails, so every test that needs the captures fails rather than skips.
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "data" / "apiserver-1.28"
 if not (FIXTURES / "manifest.json").is_file():
     raise FileNotFoundError(f"the real API server captures are missing: expected {FIXTURES}/manifest.json")
 

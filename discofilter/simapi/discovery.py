@@ -28,7 +28,7 @@ VERSION_INFO: Final[JsonObj] = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
-"""What ``/version`` says: the release the captures in shared/fixtures were taken from."""
+"""What ``/version`` says: the release the captures in tests/data/apiserver-1.28 were taken from."""
 
 _SUBRESOURCE_VERBS: Final = {
     "status": ("get", "patch", "update"),

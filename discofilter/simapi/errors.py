@@ -3,7 +3,7 @@
 Every refusal of the simulated server is an ``ApiError``: the store raises it, the HTTP shell turns it into
 a ``Status`` body. The constructors below mirror apimachinery's ``pkg/api/errors`` (Kubernetes 1.28) field
 for field and word for word, because clients branch on ``reason`` and ``code`` and tests compare bodies
-with the captures in ``shared/fixtures`` byte for byte.
+with the captures in ``tests/data/apiserver-1.28`` byte for byte.
 
 Rule: nothing here does I/O.
 """

@@ -1,7 +1,7 @@
 """Tests for discofilter.core.selectors.
 
 Parse cases are taken from apimachinery's own ``pkg/labels/selector_test.go`` (TestSelectorParse,
-TestSetSelectorParser, TestSelectorMatches) and from the API server captures in ``shared/fixtures``, so
+TestSetSelectorParser, TestSelectorMatches) and from the API server captures in ``tests/data/apiserver-1.28``, so
 that "same as Kubernetes" is checked against Kubernetes rather than against our reading of it.
 """
 
@@ -28,7 +28,7 @@ from discofilter.core.selectors import (
 )
 from discofilter.errors import SelectorError
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "apiserver-1.28"
 
 
 def _req(key: str, operator: Operator, *values: str) -> Requirement:
