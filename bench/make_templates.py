@@ -71,7 +71,7 @@ def main() -> None:
     }
     head = '''"""Real objects from kube-apiserver 1.28.7 captures, as JSON text (generated; do not edit).
 
-Regenerate with ``python bench/make_templates.py`` (it reads ``tests/data/apiserver-1.28`` at development time;
+Regenerate with ``python bench/make_templates.py`` (it reads the captures in ``tests/data/`` when run;
 nothing here reads files at run time). Each constant holds one object as the API server lists it (no
 kind/apiVersion, Go field order, managedFields kept): the churn generator builds every object of the
 benchmark from these, so sizes match a real cluster (mesh pod ~20 KB, plain pod ~11 KB).

@@ -1,6 +1,6 @@
 """Real objects from kube-apiserver 1.28.7 captures, as JSON text (generated; do not edit).
 
-Regenerate with ``python bench/make_templates.py`` (it reads ``tests/data/apiserver-1.28`` at development time;
+Regenerate with ``python bench/make_templates.py`` (it reads the captures in ``tests/data/`` when run;
 nothing here reads files at run time). Each constant holds one object as the API server lists it (no
 kind/apiVersion, Go field order, managedFields kept): the churn generator builds every object of the
 benchmark from these, so sizes match a real cluster (mesh pod ~20 KB, plain pod ~11 KB).
@@ -213,7 +213,7 @@ _MESH_POD_JSON = (
     'erd://65a5d8fe4cae5f5887f1d977d5f2247ff559e9a810cffaad13fbccd98ad65705","started":false}],"container'
     'Statuses":[{"name":"checkout","state":{"running":{"startedAt":"2026-11-22T02:33:03Z"}},"lastState":{'
     '},"ready":true,"restartCount":0,"image":"registry.example.com/shop/checkout:1.14.2","imageID":"regis'
-    'try.example.com/shop/checkout@sha256:e35fb764b04898824ebc8df858e725bf1d8bdc351b717d1255543e7ce453264'
+    "try.example.com/shop/checkout@sha256:e35fb764b04898824ebc8df858e725bf1d8bdc351b717d1255543e7ce453264"
     '7","containerID":"containerd://4e30f9f8b022741fdbaa8fb22a716715baa67470deaf64ff67332f098ae85df5","st'
     'arted":true},{"name":"istio-proxy","state":{"running":{"startedAt":"2026-11-22T02:33:03Z"}},"lastSta'
     'te":{},"ready":true,"restartCount":0,"image":"docker.io/istio/proxyv2:1.22.3","imageID":"docker.io/i'

@@ -1,7 +1,7 @@
 """Tests for discofilter.core.selectors.
 
 Parse cases are taken from apimachinery's own ``pkg/labels/selector_test.go`` (TestSelectorParse,
-TestSetSelectorParser, TestSelectorMatches) and from the API server captures in ``tests/data/apiserver-1.28``, so
+TestSetSelectorParser, TestSelectorMatches) and from the API server captures in ``tests/data/``, so
 that "same as Kubernetes" is checked against Kubernetes rather than against our reading of it.
 """
 
