@@ -8,6 +8,8 @@ an HTTP answer happens in one place only: the error middleware in `discofilter.a
 
 from __future__ import annotations
 
+import orjson
+
 
 class DiscofilterError(Exception):
     """Base of every error discofilter raises on purpose."""
@@ -88,3 +90,33 @@ class UpstreamError(DiscofilterError):
         super().__init__(message)
         self.status = status
         self.upstream_reason = upstream_reason
+
+
+class ExpiredError(UpstreamError):
+    """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
+
+
+MAX_ERROR_BODY = 64 * 1024
+"""An error answer is a small Status (a few hundred bytes in every 1.28 capture); read no more than this."""
+
+
+def raise_for_status(status: int, reason: str | None, body: bytes, what: str, hint: str = "") -> None:
+    """Raise ``UpstreamError`` (``ExpiredError`` for 410) for an error answer to discofilter's own read.
+
+    kubernetes-asyncio raises ApiException on an error status only when it decodes the body itself;
+    with ``_preload_content=False`` (how the namespace and ConfigMap sources read) a 401 or 403 comes
+    back as a response like any other. Its Status body, read as a list, has no items: the namespace
+    tracker would sync membership as empty, and every filtered answer would be empty, a mesh-wide outage.
+    """
+    if status < 300:
+        return
+    message: object = None
+    try:
+        doc = orjson.loads(body)
+        message = doc.get("message") if isinstance(doc, dict) else None
+    except orjson.JSONDecodeError:
+        pass
+    if not isinstance(message, str) or not message:
+        message = body[:200].decode("utf-8", "replace").strip() or reason or ""
+    cls = ExpiredError if status == 410 else UpstreamError
+    raise cls(f"{what} failed: {status} {message}{hint}", status=status)

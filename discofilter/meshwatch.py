@@ -41,9 +41,17 @@ from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api
 from discofilter.core.framing import LineFramer
 from discofilter.core.membership import Membership
 from discofilter.core.meshconfig import EVERY_NAMESPACE, MeshSelectors, parse_mesh_config
-from discofilter.errors import ConfigError, DiscofilterError, MeshConfigError, UpstreamError
+from discofilter.errors import (
+    MAX_ERROR_BODY,
+    ConfigError,
+    DiscofilterError,
+    ExpiredError,
+    MeshConfigError,
+    UpstreamError,
+    raise_for_status,
+)
 from discofilter.settings import MeshConfigSettings, NamespaceWatchSettings
-from discofilter.tracker import Backoff, ExpiredError, RawDict
+from discofilter.tracker import Backoff, RawDict
 
 log = logging.getLogger("discofilter.meshwatch")
 
@@ -67,11 +75,14 @@ class KubernetesConfigMapSource:
         self.name = name
         self._selector = f"metadata.name={name}"
 
+    def _hint(self, status: int | None) -> str:
+        if status != 403:
+            return ""
+        return f" (discofilter needs list and watch on configmaps {self.name!r} in {self.namespace!r})"
+
     def _error(self, exc: ApiException) -> UpstreamError:
         cls = ExpiredError if exc.status == 410 else UpstreamError
-        hint = ""
-        if exc.status == 403:
-            hint = f" (discofilter needs list and watch on configmaps {self.name!r} in {self.namespace!r})"
+        hint = self._hint(exc.status)
         return cls(f"ConfigMap list/watch failed: {exc.status} {exc.reason}{hint}", status=exc.status)
 
     async def list(self) -> tuple[list[RawDict], str]:
@@ -85,7 +96,9 @@ class KubernetesConfigMapSource:
         except ApiException as exc:
             raise self._error(exc) from exc
         async with resp:
-            doc = orjson.loads(await resp.read())
+            body = await resp.read()
+            raise_for_status(resp.status, resp.reason, body, "ConfigMap list/watch", self._hint(resp.status))
+        doc = orjson.loads(body)
         return list(doc.get("items") or []), str(doc.get("metadata", {}).get("resourceVersion", ""))
 
     async def watch(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[tuple[str, RawDict]]:
@@ -106,6 +119,11 @@ class KubernetesConfigMapSource:
             raise self._error(exc) from exc
         framer = LineFramer()
         async with resp:
+            if resp.status >= 300:
+                body = await resp.content.read(MAX_ERROR_BODY)
+                raise_for_status(
+                    resp.status, resp.reason, body, "ConfigMap list/watch", self._hint(resp.status)
+                )
             async for chunk in resp.content.iter_any():
                 for line in framer.feed(chunk):
                     event = orjson.loads(line)

@@ -28,7 +28,14 @@ from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api
 
 from discofilter.core.framing import LineFramer
 from discofilter.core.membership import Membership
-from discofilter.errors import DiscofilterError, StreamFramingError, UpstreamError
+from discofilter.errors import (
+    MAX_ERROR_BODY,
+    DiscofilterError,
+    ExpiredError,
+    StreamFramingError,
+    UpstreamError,
+    raise_for_status,
+)
 from discofilter.settings import NamespaceWatchSettings
 
 log = logging.getLogger("discofilter.tracker")
@@ -38,10 +45,6 @@ RawDict = dict[str, Any]
 
 OPEN = "OPEN"
 """Not a Kubernetes event type: a source's sign that the watch was accepted (see ``NamespaceSource``)."""
-
-
-class ExpiredError(UpstreamError):
-    """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
 
 
 class NamespaceSource(Protocol):
@@ -79,7 +82,7 @@ class KubernetesNamespaceSource:
             raise _api_error(exc) from exc
         async with resp:
             body = await resp.read()
-            _raise_for_status(resp, body)
+            raise_for_status(resp.status, resp.reason, body, "namespace list/watch")
         doc = orjson.loads(body)
         return list(doc.get("items") or []), str(doc.get("metadata", {}).get("resourceVersion", ""))
 
@@ -100,35 +103,14 @@ class KubernetesNamespaceSource:
         framer = LineFramer()
         async with resp:
             if resp.status >= 300:
-                _raise_for_status(resp, await resp.content.read(MAX_ERROR_BODY))
+                body = await resp.content.read(MAX_ERROR_BODY)
+                raise_for_status(resp.status, resp.reason, body, "namespace list/watch")
             yield OPEN, {}
             async for chunk in resp.content.iter_any():
                 for line in framer.feed(chunk):
                     event = orjson.loads(line)
                     yield str(event.get("type")), event.get("object") or {}
             framer.feed_eof()
-
-
-MAX_ERROR_BODY = 64 * 1024
-"""An error answer is a small Status (a few hundred bytes in every 1.28 capture); read no more than this."""
-
-
-def _raise_for_status(resp: aiohttp.ClientResponse, body: bytes) -> None:
-    """Raise for an error answer. kubernetes-asyncio raises ApiException only when it decodes the body
-    itself; with ``_preload_content=False`` a 401 or 403 comes back as a response like any other, and
-    its Status body, read as a namespace list, would sync membership as empty: every filtered answer
-    empty, a mesh-wide outage."""
-    if resp.status < 300:
-        return
-    try:
-        doc = orjson.loads(body)
-        message = doc.get("message") if isinstance(doc, dict) else None
-    except orjson.JSONDecodeError:
-        message = None
-    if not isinstance(message, str) or not message:
-        message = body[:200].decode("utf-8", "replace").strip() or resp.reason or ""
-    cls = ExpiredError if resp.status == 410 else UpstreamError
-    raise cls(f"namespace list/watch failed: {resp.status} {message}", status=resp.status)
 
 
 def _api_error(exc: ApiException) -> UpstreamError:

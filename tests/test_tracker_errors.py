@@ -100,3 +100,36 @@ async def test_a_forbidden_namespace_list_never_syncs_membership(
             s.get(f"{df.url}/api/v1/pods", headers={"Authorization": f"Bearer {OWN}"}) as resp,
         ):
             assert resp.status == 503, await resp.text()
+
+
+@pytest.mark.parametrize("token", [None, "not-a-known-token"], ids=["anonymous-403", "bad-token-401"])
+async def test_an_error_status_on_the_mesh_configmap_list_and_watch_raises(
+    sim: tuple[str, Store], tmp_path: Path, token: str | None
+) -> None:
+    """Read as a list, a 403 Status has no items: "no ConfigMap", which is istiod's default of every
+    namespace in the mesh. It must be an error instead."""
+    from kubernetes_asyncio.client import ApiClient, Configuration
+    from kubernetes_asyncio.config.kube_config import load_kube_config
+
+    from discofilter.meshwatch import KubernetesConfigMapSource
+
+    url, _ = sim
+    cfg = Configuration()
+    await load_kube_config(
+        config_file=str(write_kubeconfig(tmp_path / "kc", url, token=token)), client_configuration=cfg
+    )
+    api = ApiClient(cfg)
+    source = KubernetesConfigMapSource(api, "istio-system", "istio")
+    code = 403 if token is None else 401
+    try:
+        with pytest.raises(UpstreamError) as listed:
+            await source.list()
+        assert listed.value.status == code
+        with pytest.raises(UpstreamError) as watched:
+            async for _ in source.watch("1", 30):
+                pass
+        assert watched.value.status == code
+        if code == 403:
+            assert "needs list and watch on configmaps" in str(listed.value)
+    finally:
+        await api.close()
