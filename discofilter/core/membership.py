@@ -23,6 +23,7 @@ Rule 1: no I/O. ``synced`` is False until the first LIST: filtered reads must fa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -34,6 +35,15 @@ _NEVER: Final = 0
 # beyond every real etcd revision makes a resume from an RV the ledger does not know (a watch that broke
 # off, a restart) relist, until a later namespace flip brings a real RV.
 _AFTER_EVERY_RV: Final = 1 << 62
+
+
+# apimachinery ValidateNamespaceName: a DNS-1123 label, lowercase alphanumerics and '-', at most 63.
+_NAMESPACE_NAME: Final = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def is_namespace_name(name: str) -> bool:
+    """Could ``name`` be a namespace's name (so a typo in a flag is refused, not kept forever)?"""
+    return _NAMESPACE_NAME.fullmatch(name) is not None
 
 
 def parse_rv(rv: str | None) -> int | None:
