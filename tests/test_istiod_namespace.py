@@ -21,6 +21,9 @@ import orjson
 from aiohttp import web
 from kubernetes_asyncio.client import CoreV1Api
 
+from discofilter.core.membership import Membership
+from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet, parse_selector
+from discofilter.gateways import unkept_gateways
 from discofilter.simapi import SimSettings, Store, build_app
 from tests.deploy.kube import kubectl
 from tests.harness import bound_ports, write_kubeconfig
@@ -225,3 +228,27 @@ async def test_a_bad_istiod_namespace_is_one_line_and_exit_2(tmp_path: Path) -> 
     assert err.decode().splitlines() == [
         "discofilter: error: --istiod-namespace 'Istio_System' is not a namespace name (a DNS-1123 label)"
     ]
+
+
+def test_gateway_lines_name_unkept_namespaces_and_those_istiod_itself_ignores() -> None:
+    m = Membership(DEFAULT_MESH_SELECTORS, always_kept="istio-system")
+    m.replace(
+        [
+            {"metadata": {"name": "istio-system"}},
+            {"metadata": {"name": "mesh-a", "labels": {**MESH, "team": "a"}}},
+            {"metadata": {"name": "mesh-b", "labels": MESH}},
+            {"metadata": {"name": "edge"}},
+        ],
+        "5",
+    )
+    gateways = ["mesh-b", "edge", "istio-system", "mesh-a", "edge"]
+    assert [line.split(" runs")[0] for line in unkept_gateways(gateways, m, None)] == ["namespace edge"]
+    team_a = SelectorSet((parse_selector("team=a"),))
+    lines = unkept_gateways(gateways, m, team_a)
+    assert [line.split(" runs")[0] for line in lines] == [
+        "namespace edge",
+        "namespace istio-system",
+        "namespace mesh-b",
+    ]
+    assert UNKEPT in lines[0]
+    assert "istiod's discoverySelectors (team=a) do not select it" in lines[1]
