@@ -86,7 +86,7 @@ async def build_runtime(
     A mesh config file is read here, so an invalid one stops start-up with a ``ConfigError``.
     """
     session = make_session(settings.upstream)
-    membership = Membership(settings.selectors)
+    membership = Membership(settings.selectors, always_kept=settings.istiod_namespace)
     proxy = Proxy(settings, upstream, session, membership)
     api_client: ApiClient | None = None
     if source is None or (settings.mesh.configmap is not None and mesh_source is None):

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from discofilter import __version__
+from discofilter.core.membership import is_namespace_name
 from discofilter.core.selectors import SelectorSet, parse_selector
 from discofilter.errors import ConfigError, DiscofilterError
 from discofilter.logs import setup_logging
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEL",
         help="kubectl label selector of mesh namespaces; repeat to OR several (default: "
         "'istio-injection=enabled' OR 'istio.io/rev') [env DISCOFILTER_NAMESPACE_SELECTOR, ';'-separated]",
+    )
+    s.add_argument(
+        "--istiod-namespace",
+        metavar="NAME",
+        help="keep this namespace whatever its labels: istiod's own, where its gateways usually run "
+        "(default: the pod's POD_NAMESPACE; '' keeps none) [env DISCOFILTER_ISTIOD_NAMESPACE, '' too]",
     )
     s.add_argument(
         "--mesh-config",
@@ -178,6 +185,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
     health = _host_port(args.health_listen, "--health-listen")
     settings = Settings(
         selectors=selectors,
+        istiod_namespace=_istiod_namespace(args.istiod_namespace),
         server=ServerSettings(
             host=host,
             port=port,
@@ -199,6 +207,17 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
         log_format=args.log_format,
     )
     return settings, health
+
+
+def _istiod_namespace(given: str | None) -> str | None:
+    """The flag, else its env var, else the pod's own namespace. Given empty (flag or env var, which
+    therefore counts even when empty), nothing is kept by name."""
+    value = given if given is not None else os.environ.get(ENV_PREFIX + "ISTIOD_NAMESPACE")
+    if value is None:
+        value = os.environ.get("POD_NAMESPACE") or ""
+    if value and not is_namespace_name(value):
+        raise ConfigError(f"--istiod-namespace {value!r} is not a namespace name (a DNS-1123 label)")
+    return value or None
 
 
 def _mesh_settings(path: str | None, configmap: str | None, *, selectors_given: bool) -> MeshConfigSettings:

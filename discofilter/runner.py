@@ -40,6 +40,7 @@ from discofilter.app import (
     tracker_running,
 )
 from discofilter.errors import ConfigError
+from discofilter.gateways import gateways_checked
 from discofilter.settings import ServerSettings, Settings
 from discofilter.upstream import load_upstream
 
@@ -189,7 +190,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with tracker_running(runtime):
+        async with tracker_running(runtime), gateways_checked(runtime):
             srv = settings.server
             try:
                 await web.TCPSite(proxy_runner, srv.host, srv.port, ssl_context=ssl_ctx).start()

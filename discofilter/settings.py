@@ -146,6 +146,11 @@ class MeshConfigSettings:
 class Settings:
     selectors: SelectorSet = DEFAULT_MESH_SELECTORS
     """Istio's two injection labels: istio-injection=enabled, or any istio.io/rev label."""
+    istiod_namespace: str | None = None
+    """A namespace kept whatever its labels: istiod's own, where a stock install runs its ingress
+    gateway, whose Service, pods and endpoints istiod needs. The CLI takes it from --istiod-namespace,
+    else the pod's POD_NAMESPACE (downward API, as istiod reads its own); None here because a
+    ``Settings()`` built in code describes no pod."""
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)

@@ -10,11 +10,20 @@ namespaces whose membership flipped. Every flip bumps ``generation`` and is reme
 with the resourceVersion at which it was seen, so the proxy can tell whether a client's state predates
 a change (``resume_is_current``).
 
+One namespace can be kept by name whatever its labels (``always_kept``: istiod's own, where its
+ingress gateway usually runs). It is a member from construction on, before it exists, while it
+exists and after it is deleted, so it never flips: a namespace watch and a pod watch are not ordered
+(istio ``pkg/kube/namespace/filter.go`` notes objects can arrive before their namespace), and a flip
+at its creation would end every cluster-wide watch with a 410 for nothing. Its objects' DELETED events
+reach istiod as a Terminating member's do. Only ``len`` leaves it out while it does not exist, so
+"N mesh namespaces of M known" never counts a namespace that is not there.
+
 Rule 1: no I/O. ``synced`` is False until the first LIST: filtered reads must fail closed until then.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -26,6 +35,15 @@ _NEVER: Final = 0
 # beyond every real etcd revision makes a resume from an RV the ledger does not know (a watch that broke
 # off, a restart) relist, until a later namespace flip brings a real RV.
 _AFTER_EVERY_RV: Final = 1 << 62
+
+
+# apimachinery ValidateNamespaceName: a DNS-1123 label, lowercase alphanumerics and '-', at most 63.
+_NAMESPACE_NAME: Final = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def is_namespace_name(name: str) -> bool:
+    """Could ``name`` be a namespace's name (so a typo in a flag is refused, not kept forever)?"""
+    return _NAMESPACE_NAME.fullmatch(name) is not None
 
 
 def parse_rv(rv: str | None) -> int | None:
@@ -49,6 +67,7 @@ class Membership:
         "_last_change_gen",
         "_last_change_rv",
         "_members",
+        "always_kept",
         "generation",
         "last_rv",
         "revision",
@@ -58,8 +77,10 @@ class Membership:
         "version",
     )
 
-    def __init__(self, selectors: SelectorSet) -> None:
+    def __init__(self, selectors: SelectorSet, *, always_kept: str | None = None) -> None:
         self.selectors = selectors
+        self.always_kept = always_kept
+        """A namespace in the mesh by name, whatever the selectors and its labels (None: none)."""
         self.synced = False
         self.generation = 0
         self.synced_rv: int | None = None
@@ -72,7 +93,7 @@ class Membership:
         (the watch filters' shared namespace decisions) is valid exactly while it stands still. The set
         changes nowhere but in ``_recompute``, so no future way of changing membership can miss it."""
         self._labels: dict[str, Mapping[str, str]] = {}
-        self._members: set[str] = set()
+        self._members: set[str] = {always_kept} if always_kept is not None else set()
         self._changed_gen: dict[str, int] = {}
         self._changed_rv: dict[str, int] = {}
         self._last_change_gen = _NEVER
@@ -82,10 +103,17 @@ class Membership:
         return namespace in self._members
 
     def __len__(self) -> int:
-        return len(self._members)
+        """Mesh namespaces that exist (the always-kept one is a member even before it exists)."""
+        absent = self.always_kept is not None and self.always_kept not in self._labels
+        return len(self._members) - absent
+
+    def exists(self, namespace: str) -> bool:
+        """Is ``namespace`` known from the namespace LIST and WATCH (mesh or not)?"""
+        return namespace in self._labels
 
     @property
     def members(self) -> frozenset[str]:
+        """What ``in`` admits: the always-kept namespace included, even while it does not exist."""
         return frozenset(self._members)
 
     @property
@@ -130,7 +158,14 @@ class Membership:
         return self._recompute(None, stamp=_AFTER_EVERY_RV)
 
     def matching(self, selectors: SelectorSet) -> frozenset[str]:
-        """The known namespaces that ``selectors`` would admit (e.g. istiod's own discoverySelectors)."""
+        """The known namespaces that ``selectors`` would admit (e.g. istiod's own discoverySelectors).
+
+        Selectors alone, without ``always_kept``: istiod's discovery filter makes no exception for its
+        own namespace (istio ``pkg/kube/namespace/filter.go``: ``Filter`` admits only namespaces the
+        selectors match; istio/istio#33586 and #39520, gateways in istio-system lost their config
+        until istio-system was labelled). discofilter keeping it costs istiod nothing it would not
+        filter itself.
+        """
         return frozenset(name for name, lab in self._labels.items() if selectors.matches(lab))
 
     def changed_since(self, generation: int, namespace: str | None) -> bool:
@@ -158,7 +193,7 @@ class Membership:
         changed: set[str] = set()
         for name in names:
             lab = self._labels.get(name)
-            member = lab is not None and self.selectors.matches(lab)
+            member = name == self.always_kept or (lab is not None and self.selectors.matches(lab))
             if member != (name in self._members):
                 changed.add(name)
                 if member:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -57,7 +58,35 @@ def store() -> Store:
     )
     for ns in ("mesh-a", "plain-b"):
         s.create("services", {"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}, namespace=ns)
+    # The chart's ingress gateway in istiod's namespace, which carries no mesh label: kept by name.
+    gw = {"istio": "ingressgateway"}
+    s.create(
+        "services",
+        {"metadata": {"name": "istio-ingressgateway"}, "spec": {"ports": [{"port": 80}], "selector": gw}},
+        namespace="istio-system",
+    )
+    s.create(
+        "pods",
+        {
+            "metadata": {"name": "istio-ingressgateway-1", "labels": gw},
+            "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2"}]},
+        },
+        namespace="istio-system",
+    )
     return s
+
+
+def pod_env(c: Obj, namespace: str) -> dict[str, str]:
+    """The container's env as kubelet would give it in ``namespace``: values, and the downward API's
+    metadata.namespace (the only fieldRef the manifests use)."""
+    env = {}
+    for e in c.get("env") or []:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            assert e["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, e
+            env[e["name"]] = namespace
+    return env
 
 
 def container(objs: list[Obj]) -> tuple[Obj, Obj]:
@@ -129,7 +158,7 @@ async def istiod_lists_services(istiod_kubeconfig: Obj, port: int, tmp_path: Pat
 
 
 async def run_discofilter(
-    objs: list[Obj], istiod_kubeconfig: Obj, tmp_path: Path
+    objs: list[Obj], istiod_kubeconfig: Obj, tmp_path: Path, namespace: str
 ) -> tuple[list[RecordedRequest], int, str]:
     """Runs discofilter as rendered, and kubectl through it as istiod would connect; returns the
     requests simapi saw, discofilter's exit code and its log."""
@@ -161,6 +190,7 @@ async def run_discofilter(
                 str(kubeconfig),
                 stdout=out,
                 stderr=out,
+                env={**os.environ, **pod_env(c, namespace)},
             )
         try:
 
@@ -182,17 +212,18 @@ async def run_discofilter(
                 async def watching() -> bool:
                     recorded = app[REQUEST_LOG]
                     own = own_attributes(list(recorded))
-                    return {("watch", "namespaces"), ("watch", "configmaps")} <= {
+                    return {("watch", "namespaces"), ("watch", "configmaps"), ("list", "pods")} <= {
                         (a.verb, a.resource) for a in own
                     }
 
                 await wait_for(watching, proc, log)
-                # istiod, through discofilter, sees the mesh namespace's Service only.
+                # istiod, through discofilter, sees the mesh namespace's Service and its own
+                # namespace's gateway (the downward API's POD_NAMESPACE, or the standalone flag).
                 seen = await istiod_lists_services(istiod_kubeconfig, port, tmp_path, tls is not None)
-                assert seen == {"mesh-a/web"}
+                assert seen == {"mesh-a/web", "istio-system/istio-ingressgateway"}
                 # ...and the runbook's metric shows what istiod was spared.
                 items = await list_items(http, f"http://127.0.0.1:{mport}/metrics", "services")
-                assert items == {"kept": 1, "dropped": 1}
+                assert items == {"kept": 2, "dropped": 1}
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -270,8 +301,14 @@ async def test_rbac_grants_exactly_what_discofilter_calls(flavour: str, tmp_path
     dep, _ = container(objs)
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == account
     granted = grants(objs, namespace, account)
-    log, rc, text = await run_discofilter(objs, istiod_kubeconfig, tmp_path)
+    log, rc, text = await run_discofilter(objs, istiod_kubeconfig, tmp_path, namespace)
     assert rc == 0, text
+    assert "namespace istio-system (istiod's) is kept whatever its labels" in text
+    assert "runs Istio gateway pods but is not kept" not in text
+    # istiod's own discoverySelectors make no exception for its namespace (istio/istio#33586): said once.
+    istiod_ignores = "namespace istio-system runs Istio gateway pods, but istiod's discoverySelectors"
+    assert text.count(istiod_ignores) == 1, text
+    assert "cannot list gateway pods" not in text
     # istiod's requests carried istiod's credentials: its own token over TLS, the lent one in the sidecar.
     istiod_auth = {r.header("Authorization") for r in log if from_kubectl(r)}
     assert istiod_auth == {f"Bearer {OWN if flavour == 'sidecar' else ADMIN}"}
@@ -281,6 +318,7 @@ async def test_rbac_grants_exactly_what_discofilter_calls(flavour: str, tmp_path
         ("watch", "namespaces"),
         ("list", "configmaps"),
         ("watch", "configmaps"),
+        ("list", "pods"),
     }
     for a in own:
         assert allowed(granted, a), f"{flavour}: discofilter's own {a} is not granted"
@@ -331,6 +369,9 @@ def test_the_matcher_refuses_what_the_roles_do_not_grant() -> None:
     assert allowed(
         granted, attributes("GET", "/api/v1/namespaces", "watch=true") or Attributes("", "", "", "", "")
     )
+    gateways = attributes("GET", "/api/v1/pods", "labelSelector=istio.io%2Fgateway-name&limit=500")
+    assert gateways == Attributes("list", "", "pods", "", "")
+    assert allowed(granted, gateways)
     assert attributes("GET", "/version", "") is None
     assert grants(objs, "istio-system", "istiod") == []
     assert all(isinstance(g, Grant) for g in granted)
