@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-MANIFESTS = REPO / "manifests"
+SOURCE_MANIFESTS = REPO / "manifests"
 DATA = Path(__file__).resolve().parent / "data"
 ISTIOD = DATA / "istiod-deployment.yaml"
+# The checked-in manifests carry the placeholder image, which every render refuses (manifests/image).
+# The tests render a copy with this image set, as an operator sets theirs, in manifests/image only.
+TEST_IMAGE = ("registry.test/platform/discofilter", "0.1.0-test")
+PLACEHOLDER = "registry.example.com/discofilter:0.1.0"
 
 Obj = dict[str, Any]
+
+
+def set_image(manifests: Path, name: str, tag: str) -> None:
+    """Sets the one images: entry of ``manifests/image``, as an operator edits it."""
+    path = manifests / "image" / "kustomization.yaml"
+    doc = yaml.safe_load(path.read_text())
+    (entry,) = doc["images"]
+    assert entry["name"] == "discofilter"
+    entry["newName"], entry["newTag"] = name, tag
+    path.write_text(yaml.safe_dump(doc))
+
+
+def configured_copy(where: Path) -> Path:
+    shutil.copytree(SOURCE_MANIFESTS, where, ignore=shutil.ignore_patterns(".render.*"))
+    set_image(where, *TEST_IMAGE)
+    return where
+
+
+_COPY = Path(tempfile.mkdtemp(prefix="discofilter-manifests-"))
+atexit.register(shutil.rmtree, _COPY, ignore_errors=True)
+MANIFESTS = configured_copy(_COPY / "manifests")
 
 
 def kubectl() -> str:
@@ -36,16 +63,20 @@ def kustomize_dirs() -> list[Path]:
     return sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml") if ".render." not in str(p))
 
 
-def build(directory: Path) -> list[Obj]:
-    out = subprocess.run(
+def kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def build(directory: Path) -> list[Obj]:
+    out = kustomize(directory)
     assert out.returncode == 0, f"kubectl kustomize {directory} failed: {out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def build_component(component: Path, resources: Path, scratch: Path) -> list[Obj]:
-    """Renders a kustomize Component applied to ``resources`` (a copy is made: kustomize loads resource
+def component_kustomization(component: Path, resources: Path, scratch: Path) -> Path:
+    """A kustomization applying a Component to ``resources`` (a copy is made: kustomize loads resource
     files only from below the kustomization, and components only by relative path)."""
     scratch.mkdir(parents=True, exist_ok=True)
     shutil.copy(resources, scratch / resources.name)
@@ -56,7 +87,11 @@ def build_component(component: Path, resources: Path, scratch: Path) -> list[Obj
         "components": [os.path.relpath(component, scratch)],
     }
     (scratch / "kustomization.yaml").write_text(yaml.safe_dump(doc))
-    return build(scratch)
+    return scratch
+
+
+def build_component(component: Path, resources: Path, scratch: Path) -> list[Obj]:
+    return build(component_kustomization(component, resources, scratch))
 
 
 def render(directory: Path, scratch: Path) -> list[Obj]:

@@ -5,8 +5,10 @@ build stage makes installs and runs ``discofilter serve --help``."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,58 @@ def test_final_stage_runs_discofilter_serve_as_a_numeric_non_root_user() -> None
     assert copies and all(i.startswith("COPY --from=build ") for i in copies)
 
 
+def env_of(stage: list[str]) -> dict[str, str]:
+    """The ``ENV key=value ...`` settings of one stage (the ``ENV key value`` form is not used here)."""
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.startswith("ENV "):
+            for pair in shlex.split(instruction[4:]):
+                key, sep, value = pair.partition("=")
+                assert sep, f"ENV {pair}: use key=value"
+                env[key] = value
+    return env
+
+
+LISTENERS = ("DISCOFILTER_LISTEN", "DISCOFILTER_HEALTH_LISTEN", "DISCOFILTER_METRICS_LISTEN")
+
+
+def test_expose_names_exactly_the_ports_the_default_command_listens_on() -> None:
+    *_, final = stages(DOCKERFILE.read_text())
+    env = env_of(final)
+    exposed = {int(p) for i in final if i.startswith("EXPOSE ") for p in i.split()[1:]}
+    # CMD is a bare `serve`: each listener comes from its DISCOFILTER_* variable (cli.py reads them as
+    # the defaults). A published port reaches only a listener on the container's every address.
+    assert json.loads(next(i for i in final if i.startswith("CMD "))[4:]) == ["serve"]
+    listening = set()
+    for name in LISTENERS:
+        host, port = env[name].rsplit(":", 1)
+        assert host == "0.0.0.0", f"{name}={env[name]}: `docker run -p` would reach nothing"
+        listening.add(int(port))
+    assert exposed == listening
+    assert "DISCOFILTER_UPSTREAM_CREDENTIALS" not in env
+
+
+def test_the_image_defaults_still_refuse_to_lend_credentials(tmp_path: Path) -> None:
+    # The real CLI, with the image's environment: --upstream-credentials on its 0.0.0.0 listener is
+    # refused (one line, exit 2) before anything is served.
+    *_, final = stages(DOCKERFILE.read_text())
+    image_env = {k: v for k, v in env_of(final).items() if k.startswith("DISCOFILTER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCOFILTER_")}
+    env |= image_env | {"KUBECONFIG": str(tmp_path / "absent")}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "discofilter"), "serve", "--upstream-credentials"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "--upstream-credentials refused on 0.0.0.0" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def dockerignore_excludes(rel: str, patterns: list[str]) -> bool:
     """Docker's .dockerignore rule: the last pattern that matches the path or one of its parent
     directories decides; ``!`` re-includes. (moby patternmatcher; ``**`` matches any depth.)"""
@@ -106,7 +160,8 @@ def test_build_context_is_what_the_dockerfile_copies() -> None:
     ).stdout.split()
     files += [".venv/bin/python", "tests/deploy/data/x", "discofilter/__pycache__/cli.cpython-311.pyc"]
     sent = {f for f in files if not dockerignore_excludes(f, patterns)}
-    expected = {f for f in files if f in ("pyproject.toml", "README.md") or f.startswith("discofilter/")}
+    top = ("pyproject.toml", "README.md", "requirements.lock")
+    expected = {f for f in files if f in top or f.startswith("discofilter/")}
     expected.discard("discofilter/__pycache__/cli.cpython-311.pyc")
     assert sent == expected
     # Every COPY source of the build stage is in the context.

@@ -1,11 +1,9 @@
 """The sidecar Component applied to istiod's Deployment as the Istio chart renders it: istiod's own
 container is untouched apart from the kubeconfig wiring, and the wiring points where discofilter listens.
-The same for the standalone's istiod-client Component, and for the Helm post-renderer."""
+The same for the standalone's istiod-client Component (the Helm post-renderer: test_helm.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -114,35 +112,3 @@ def test_standalone_client_uses_tls_and_istiods_own_token(client: list[Obj], tmp
         value = flag(c["args"], arg)
         assert value is not None and value.startswith(tls["mountPath"] + "/")
     assert "--upstream-credentials" not in c["args"]
-
-
-@pytest.mark.parametrize("mode", ["sidecar", "standalone"])
-def test_helm_post_renderer_applies_the_component(mode: str, sidecar: list[Obj], client: list[Obj]) -> None:
-    script = MANIFESTS / "helm" / "post-render.sh"
-    out = subprocess.run(
-        [str(script)],
-        input=ISTIOD.read_text(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "DISCOFILTER_MODE": mode},
-    )
-    assert out.returncode == 0, out.stderr
-    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert objs == (sidecar if mode == "sidecar" else client)
-    # Its scratch directory is gone.
-    assert not [p for p in script.parent.iterdir() if p.name.startswith(".render.")]
-
-
-def test_helm_post_renderer_refuses_an_unknown_mode() -> None:
-    out = subprocess.run(
-        [str(MANIFESTS / "helm" / "post-render.sh")],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "DISCOFILTER_MODE": "sidecars"},
-    )
-    assert out.returncode == 2 and "DISCOFILTER_MODE" in out.stderr
