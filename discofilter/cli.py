@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from discofilter.bench.cli import add_bench_parser  # late: only argparse wiring
 
     add_bench_parser(sub)
+    from discofilter.demo.cli import add_demo_parsers  # late: only argparse wiring
+
+    add_demo_parsers(sub)
     return parser
 
 
@@ -247,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from discofilter.bench.cli import run_bench
 
             return run_bench(args)
+        elif args.command in ("simapi", "demo"):
+            from discofilter.demo.cli import run_command
+
+            return run_command(args)
     except DiscofilterError as exc:
         print(f"discofilter: error: {exc.message}", file=sys.stderr)
         return 2

@@ -22,13 +22,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import aiohttp
 import orjson
-import psutil
 
 from discofilter.errors import DiscofilterError
+
+if TYPE_CHECKING:
+    import psutil
 
 JsonObj = dict[str, Any]
 Handler = Callable[[JsonObj], Awaitable[JsonObj]]
@@ -101,6 +103,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _psutil_process(pid: int) -> psutil.Process | None:
+    """psutil's handle, for the benchmark's CPU and memory figures. psutil is the ``bench`` extra, and
+    ``discofilter demo`` starts its processes through this module from the base install: there, None."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process(pid)
+
+
 class Proc:
     """A child process with its log file and psutil handle; ``stop()`` ends it (SIGTERM, then SIGKILL)."""
 
@@ -124,7 +136,7 @@ class Proc:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 preexec_fn=_die_with_parent,
             )
-        self.ps = psutil.Process(self.proc.pid)
+        self.ps = _psutil_process(self.proc.pid)
 
     @property
     def pid(self) -> int:
@@ -142,6 +154,8 @@ class Proc:
         return float(times.user + times.system)
 
     def sample_rss(self) -> None:
+        import psutil
+
         assert self.ps is not None
         with contextlib.suppress(psutil.Error):
             self.rss_samples_mb.append(self.ps.memory_info().rss / 1e6)
@@ -213,14 +227,14 @@ class Worker(Proc):
         return reply
 
 
-def write_kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig without credentials for the simulated API server (authentication is off there).
-    JSON is YAML, so no YAML library is needed."""
+def write_kubeconfig(path: Path, server: str, *, token: str | None = None) -> Path:
+    """A kubeconfig for the simulated API server: without credentials (authentication is off there), or
+    with a bearer ``token``. JSON is YAML, so no YAML library is needed."""
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "simapi", "cluster": {"server": server}}],
-        "users": [{"name": "bench", "user": {}}],
+        "users": [{"name": "bench", "user": {"token": token} if token else {}}],
         "contexts": [{"name": "simapi", "context": {"cluster": "simapi", "user": "bench"}}],
         "current-context": "simapi",
     }

@@ -40,6 +40,20 @@ from discofilter.simapi import SimSettings, Store, serve
 log = logging.getLogger("discofilter.bench.simproc")
 
 
+def seeded_store(
+    workload: WorkloadSettings, *, history_window: int
+) -> tuple[Store, Churn, dict[str, list[JsonObj]]]:
+    """A store holding the cluster before the churn, the generator that continues it, and the initial
+    objects per resource. Shared by the benchmark and ``discofilter simapi``/``demo``."""
+    store = Store(history_window=history_window, seed=workload.seed)
+    churn = Churn(workload, first_rv=store.resource_version + 1)
+    initial = churn.initial_state()
+    for resource in ("namespaces", *WATCHED):
+        items = initial[resource]
+        store.load_list(resource, {"metadata": {"resourceVersion": str(churn.rv)}, "items": items})
+    return store, churn, initial
+
+
 class SimServer:
     def __init__(self) -> None:
         self.store: Store | None = None
@@ -55,12 +69,7 @@ class SimServer:
 
     async def setup(self, msg: JsonObj) -> JsonObj:
         workload = WorkloadSettings(**msg["workload"])
-        store = Store(history_window=int(msg["history_window"]), seed=workload.seed)
-        churn = Churn(workload, first_rv=store.resource_version + 1)
-        initial = churn.initial_state()
-        for resource in ("namespaces", *WATCHED):
-            items = initial[resource]
-            store.load_list(resource, {"metadata": {"resourceVersion": str(churn.rv)}, "items": items})
+        store, churn, initial = seeded_store(workload, history_window=int(msg["history_window"]))
         self.store, self.churn = store, churn
         self.runner, url = await serve(store, SimSettings(), host="127.0.0.1", port=0)
         self.url = url
