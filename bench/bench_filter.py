@@ -9,7 +9,7 @@ Run it with::
 The code under test is ``discofilter.core`` only: ``WatchFilter.feed_joined``. For comparison, on the same
 events:
 a full ``orjson.loads`` of every event (what any decoding proxy does at the least), and a copy of every read
-(the floor: a proxy touches every byte at least once). The corpora and the three measurements come from
+(the ceiling: a proxy touches every byte at least once). The corpora and the three measurements come from
 ``discofilter.bench.core`` (pod watch events built from real kube-apiserver captures, cut into 64 KiB
 reads), so these are the numbers the "core" section of ``discofilter bench`` reports. The summary at the
 end gives events/s and GB/s of the best round (``bench/conftest.py``).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import struct
 import subprocess
@@ -96,7 +97,8 @@ def test_discofilter_keeps_exactly_the_mesh_events_of_the_generators_log(
 def test_plots_are_png_files(quick: tuple[Path, dict[str, Any], str]) -> None:
     out, _, _ = quick
     pngs = sorted(out.glob("*.png"))
-    assert {p.name for p in pngs} >= {"throughput.png", "cpu.png", "latency.png", "core.png"}
+    expected = {"net.png", "flip.png", "throughput.png", "cpu.png", "latency.png", "core.png"}
+    assert {p.name for p in pngs} >= expected
     for png in pngs:
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC), png
@@ -104,6 +106,60 @@ def test_plots_are_png_files(quick: tuple[Path, dict[str, Any], str]) -> None:
         width, height = struct.unpack(">II", data[16:24])
         assert width > 100 and height > 100
         assert data.endswith(b"IEND\xaeB`\x82"), png
+
+
+VERDICT = re.compile(
+    r"verdict: discofilter \+ an istiod-like client through it cost (?P<net>\d+\.\d\d)x of the client "
+    r"alone at (?P<rate>[\d,]+) events/s over plain HTTP "
+    r"\((?:saves (?P<saves>\d+)%|saves nothing: (?P<more>\d+)% more CPU than without it); "
+    r"(?P<go>\d+\.\d\d)x against client-go's decode cost\); "
+    r"(?P<met>\d+) of (?P<total>\d+) targets met; details: (?P<json>\S+), (?P<png>\S+)"
+)
+
+
+def test_the_first_line_is_a_verdict_that_agrees_with_results_json(
+    quick: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, r, stdout = quick
+    first = stdout.splitlines()[0]
+    m = VERDICT.fullmatch(first)
+    assert m, first
+    net = r["net"]["discofilter"]
+    assert float(m["net"]) == pytest.approx(net["at_rate_measured"], abs=0.005)
+    assert float(m["go"]) == pytest.approx(net["at_rate_client_go_estimate"], abs=0.005)
+    if net["at_rate_measured"] < 1:
+        assert int(m["saves"]) == round((1 - net["at_rate_measured"]) * 100)
+    else:
+        assert int(m["more"]) == round((net["at_rate_measured"] - 1) * 100)
+    # The paced run's rate as the simulated API server achieved it (the quick run asks for 600/s).
+    assert int(m["rate"].replace(",", "")) == round(r["variants"]["discofilter"]["live_rate_achieved"])
+    assert int(m["met"]) == sum(1 for t in r["targets"] if t["met"] is True)
+    assert int(m["total"]) == len(r["targets"]) == 12
+    assert m["json"] == str(out / "results.json") and m["png"] == str(out / "*.png")
+
+
+def test_results_path_and_cpu_model_are_on_stdout(quick: tuple[Path, dict[str, Any], str]) -> None:
+    out, r, stdout = quick
+    lines = stdout.splitlines()
+    assert f"results: {out / 'results.json'}" in lines
+    plots = next(line for line in lines if line.startswith("plots: "))
+    assert str(out / "net.png") in plots and str(out / "flip.png") in plots
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    assert model and r["machine"]["cpu_model"] == model[1].strip()
+    assert model[1].strip() in stdout
+
+
+def test_flip_runs_record_rss_through_each_latency_run(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, r, _ = quick
+    for name in ("passthrough", "naive", "discofilter"):
+        run = r["flip_runs"][name]
+        assert run["flips_s"] and all(0 < t < run["end_s"] for t in run["flips_s"])
+        times = [t for t, _ in run["rss_mb"]]
+        # Sampled every 50 ms from before the first event to after the last.
+        assert times == sorted(times) and times[0] < 0.1 and times[-1] > run["flips_s"][-1]
+        assert all(10 < mb < 2000 for _, mb in run["rss_mb"])
+        assert max(mb for _, mb in run["rss_mb"]) <= r["process_peak_rss_mb"][name] + 1
 
 
 @pytest.mark.parametrize(

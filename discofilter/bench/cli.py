@@ -178,19 +178,22 @@ def run_bench(args: argparse.Namespace) -> int:
         code: int = asyncio.run(run_cluster(settings.cluster, settings.run.out))
         return code
     from discofilter.bench.orchestrate import Bench, Progress
-    from discofilter.bench.plots import draw_all
-    from discofilter.bench.report import render
-    from discofilter.bench.results import latencies, summarize
+    from discofilter.bench.plots import draw_all, samples_of
+    from discofilter.bench.report import render, verdict_line
+    from discofilter.bench.results import summarize
 
     progress = Progress()
     raw = asyncio.run(Bench(settings, progress).run())
     results = summarize(settings, raw)
     out = settings.run.out
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    samples = {v: latencies(run["sim"], run["variant"]["client"])[0] for v, run in raw.live.items()}
-    first = next(iter(raw.live.values()))
-    samples["direct"] = latencies(first["sim"], first["direct"]["client"])[0]
-    pngs = draw_all(results, samples, out)
+    results_path = out / "results.json"
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    pngs = draw_all(results, samples_of(raw), out)
+    # The verdict first: it is the question the operator ran the bench for; the tables follow.
+    print(verdict_line(results, pngs))
+    print()
     print(render(results))
-    progress(f"wrote {out / 'results.json'} and {', '.join(p.name for p in pngs)}")
+    print()
+    print(f"results: {results_path}")
+    print(f"plots: {', '.join(str(p) for p in pngs)}")
     return 0

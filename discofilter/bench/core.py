@@ -14,7 +14,7 @@ Three corpora of pod events:
 Each stream is cut into 64 KiB reads (what a socket read hands over at saturation; events straddle
 reads). Three measurements per corpus: ``WatchFilter.feed_joined`` (what the relay calls) over the
 reads; ``orjson.loads`` of every event (what a decoding proxy does at the least); a copy of every read
-(the floor: any proxy touches every byte at least once).
+(a ceiling on speed: any proxy touches every byte at least once, so none goes faster than one copy).
 """
 
 from __future__ import annotations

@@ -295,13 +295,14 @@ class Bench:
         }
         proxy = f.proxies[variant]
         samples: list[tuple[float, float]] = []
+        rss: list[tuple[float, float]] = []
         try:
             await asyncio.gather(*(c.start() for c in clients.values()))
             starts = await asyncio.gather(
                 *(c.call("live_start", timeout=_LIVE_TIMEOUT, url=f.urls[n]) for n, c in clients.items())
             )
             done = asyncio.Event()
-            sampler = asyncio.create_task(_sample_cpu(proxy, samples, done))
+            sampler = asyncio.create_task(_sample(proxy, samples, rss, done))
             try:
                 live = await self.sim.call(
                     "live",
@@ -330,14 +331,29 @@ class Bench:
         return {
             "sim": live,
             "direct": {"start": d_start, "client": d_got, "proxy_cpu_samples": []},
-            "variant": {"start": v_start, "client": v_got, "proxy_cpu_samples": samples},
+            "variant": {
+                "start": v_start,
+                "client": v_got,
+                "proxy_cpu_samples": samples,
+                "proxy_rss_samples": rss,
+            },
         }
 
 
-async def _sample_cpu(proxy: Proc, samples: list[tuple[float, float]], done: asyncio.Event) -> None:
-    """(time.time(), proxy CPU seconds) every 50 ms, so the steady part of a run can be told apart."""
+async def _sample(
+    proxy: Proc,
+    cpu: list[tuple[float, float]],
+    rss: list[tuple[float, float]],
+    done: asyncio.Event,
+) -> None:
+    """(time.time(), proxy CPU seconds) and (time.time(), RSS MB) every 50 ms: the CPU so the steady part
+    of a run can be told apart, the RSS to show memory while the label flips make clients relist."""
     while True:
-        samples.append((time.time(), proxy.cpu_seconds()))
+        now = time.time()
+        cpu.append((now, proxy.cpu_seconds()))
+        mb = proxy.rss_mb()
+        if mb is not None:
+            rss.append((now, mb))
         if done.is_set():
             return
         with contextlib.suppress(TimeoutError):

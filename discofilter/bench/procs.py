@@ -160,6 +160,14 @@ class Proc:
         with contextlib.suppress(psutil.Error):
             self.rss_samples_mb.append(self.ps.memory_info().rss / 1e6)
 
+    def rss_mb(self) -> float | None:
+        """The process's resident memory now, in MB; None once it is gone."""
+        assert self.ps is not None
+        try:
+            return float(self.ps.memory_info().rss / 1e6)
+        except psutil.Error:
+            return None
+
     def peak_rss_mb(self) -> float:
         """The kernel's high-water mark (VmHWM) where there is one, else the largest sample."""
         try:
