@@ -54,14 +54,21 @@ def section(text: str, heading: str) -> str:
     raise AssertionError(f"README.md has no section {heading!r}")
 
 
-def table_rows(text: str) -> list[list[str]]:
-    """The cells of every markdown table row in ``text``, header and separator rows left out."""
-    rows = []
+def table(text: str, first_header: str) -> list[list[str]]:
+    """The cells of the rows of the markdown table in ``text`` whose first header cell is ``first_header``."""
+    rows: list[list[str]] = []
+    inside = False
     for line in text.splitlines():
-        if not line.startswith("|") or re.fullmatch(r"[|\-: ]+", line):
+        if not line.startswith("|"):
+            inside = False
             continue
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return [r for r in rows if r[0] not in ("flag", "metric")]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first_header:
+            inside = True
+        elif inside and not re.fullmatch(r"[|\-: ]+", line):
+            rows.append(cells)
+    assert rows, f"no table headed {first_header!r}"
+    return rows
 
 
 def serve_help() -> str:
@@ -81,7 +88,7 @@ def test_every_flag_and_variable_of_serve_is_in_the_configuration_table() -> Non
     flags = set(FLAG.findall(help_text)) - {"--help"}
     envs = set(ENV.findall(help_text))
     assert len(flags) >= 15 and len(envs) >= 15, help_text  # the parse found the real options
-    rows = table_rows(section(README.read_text(), "Configuration"))
+    rows = table(section(README.read_text(), "Configuration"), "flag")
     documented_flags = {f for row in rows for f in FLAG.findall(row[0])}
     documented_envs = {e for row in rows for e in ENV.findall(row[1])}
     assert flags - documented_flags == set(), "flags of `discofilter serve --help` missing in README"
@@ -128,7 +135,7 @@ async def test_the_metrics_table_is_what_a_running_serve_exports(tmp_path: Path)
     exported = exported_names(exposition)
     assert "discofilter_list_items_total" in exported and "process_resident_memory_bytes" in exported
 
-    rows = table_rows(section(README.read_text(), "Metrics"))
+    rows = table(section(README.read_text(), "Metrics"), "metric")
     documented = {m for row in rows for m in re.findall(r"`([a-z_*]+)`", row[0])}
     prefixes = tuple(m[:-1] for m in documented if m.endswith("*"))
     undocumented = {n for n in exported if n not in documented and not n.startswith(prefixes)}
