@@ -92,6 +92,7 @@ def test_every_flag_and_variable_of_serve_is_in_the_configuration_table() -> Non
     documented_flags = {f for row in rows for f in FLAG.findall(row[0])}
     documented_envs = {e for row in rows for e in ENV.findall(row[1])}
     assert flags - documented_flags == set(), "flags of `discofilter serve --help` missing in README"
+    assert documented_flags - flags == set(), "README documents flags discofilter serve does not have"
     assert envs - documented_envs == set(), "variables of `discofilter serve --help` missing in README"
     assert documented_envs - envs == set(), "README documents variables discofilter serve does not read"
 

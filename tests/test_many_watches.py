@@ -42,6 +42,9 @@ class HeldWatches:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/api/v1/namespaces" and "watch" not in request.query:
             return web.Response(body=fixtures.body("list-namespaces.json"), content_type="application/json")
+        if "watch" not in request.query:  # discofilter's one-off gateway pod LIST at start-up: none
+            body = b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}'
+            return web.Response(body=body, content_type="application/json")
         out = web.StreamResponse()
         out.headers["Content-Type"] = "application/json"
         await out.prepare(request)
