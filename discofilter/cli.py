@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from discofilter.bench.cli import add_bench_parser  # late: only argparse wiring
 
     add_bench_parser(sub)
+    from discofilter.analyze.cli import add_analyze_parser  # late: only argparse wiring
+
+    add_analyze_parser(sub)
     return parser
 
 
@@ -228,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from discofilter.bench.cli import run_bench
 
             return run_bench(args)
+        elif args.command == "analyze":
+            from discofilter.analyze.cli import run_analyze
+
+            return run_analyze(args)
     except DiscofilterError as exc:
         print(f"discofilter: error: {exc.message}", file=sys.stderr)
         return 2
