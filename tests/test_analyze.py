@@ -9,7 +9,11 @@ import signal
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import yaml
+
 from tests.analyze_helpers import sim_cluster, start_analyze, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def test_counts_equal_the_generators_log(tmp_path: Path) -> None:
@@ -49,6 +53,26 @@ async def test_counts_equal_the_generators_log(tmp_path: Path) -> None:
         assert sum(1 for _, q in paths if "watch=1" in q) == 5
         pods = [parse_qs(q) for p, q in paths if p == "/api/v1/pods"]
         assert pods and all(q["fieldSelector"] == ["status.phase!=Failed"] for q in pods)
+        # The shipped ClusterRole grants exactly what the run asked for.
+        asked = {(_group_resource(p), "watch" if "watch=1" in q else "list") for p, q in paths}
+        assert asked == _granted()
+
+
+def _group_resource(path: str) -> tuple[str, str]:
+    parts = path.strip("/").split("/")
+    return ("", parts[-1]) if parts[0] == "api" else (parts[1], parts[-1])
+
+
+def _granted() -> set[tuple[tuple[str, str], str]]:
+    docs = list(yaml.safe_load_all((REPO / "manifests" / "analyze" / "roles.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    return {
+        ((group, resource), verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 async def test_sigint_ends_the_window_and_still_reports(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import msgspec
 import orjson
 
 from discofilter.core import protowatch, watchfilter
-from discofilter.core.framing import LineFramer
+from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES, LineFramer
 from discofilter.core.protobuf import (
     LEN,
     LIST_ITEMS,
@@ -44,7 +44,7 @@ from discofilter.core.protobuf import (
     read_varint,
     unknown_raw,
 )
-from discofilter.errors import StreamFramingError
+from discofilter.errors import ObjectTooLargeError, StreamFramingError
 
 KINDS: Final = ("pods", "services", "endpoints", "endpointslices")
 """The four filtered collections, in the order reports list them."""
@@ -303,7 +303,7 @@ class Seen:
 class WatchCounter:
     """Feed the chunks of one watch body; each call returns the events it completed, already tallied."""
 
-    __slots__ = ("_framer", "_pending", "fmt", "kind", "members", "tally")
+    __slots__ = ("_framer", "_need", "_pending", "_pending_size", "fmt", "kind", "members", "tally")
 
     def __init__(self, kind: str, fmt: Format, tally: Tally, members: Container[str]) -> None:
         self.kind = kind
@@ -311,7 +311,9 @@ class WatchCounter:
         self.tally = tally
         self.members = members
         self._framer = LineFramer()
-        self._pending = b""
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._need = _PREFIX
 
     def feed(self, data: bytes) -> list[Seen]:
         seen = (
@@ -351,17 +353,32 @@ class WatchCounter:
         return Seen(etype, ns, len(line), rv, code, gateway)
 
     def _proto(self, data: bytes) -> list[Seen]:
-        buf = self._pending + data if self._pending else data
+        # A partial frame is held as pieces and joined once it is complete (O(n), as LineFramer).
+        if self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._need:
+                return []
+            buf = b"".join(self._pending)
+            self._pending.clear()
+        else:
+            buf = data
         out: list[Seen] = []
         pos = 0
         while len(buf) - pos >= _PREFIX:
             length = _U32(buf, pos)[0]
+            if length > DEFAULT_MAX_LINE_BYTES:
+                raise ObjectTooLargeError(f"watch frame of {length} bytes is over the limit")
             end = pos + _PREFIX + length
             if end > len(buf):
                 break
             out.append(self._frame(buf[pos:end]))
             pos = end
-        self._pending = buf[pos:]
+        rest = buf[pos:]
+        self._pending_size = len(rest)
+        if rest:
+            self._pending.append(rest)
+            self._need = _PREFIX + _U32(rest, 0)[0] if len(rest) >= _PREFIX else _PREFIX
         return out
 
     def _frame(self, frame: bytes) -> Seen:
