@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import pytest
 import yaml
 
+from discofilter.analyze.cli import write_outputs
 from tests.analyze_helpers import sim_cluster, start_analyze, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,3 +92,14 @@ async def test_sigint_ends_the_window_and_still_reports(tmp_path: Path) -> None:
         assert report["window"]["seconds"] < 60
         assert report["totals"]["events"] == 50
         assert "(ended early)" in stdout.decode()
+
+
+def test_without_matplotlib_the_json_is_written_and_one_line_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The bench extra absent: importing matplotlib fails as it would in a serve-only install.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "discofilter.analyze.plots", raising=False)
+    written = write_outputs({"totals": {}}, tmp_path)
+    assert written == [tmp_path / "analysis.json"]
+    assert capsys.readouterr().err == "plots need matplotlib: pip install 'discofilter[bench]'\n"

@@ -39,13 +39,13 @@ def shares(report: dict[str, Any], out: Path) -> Path:
     t = report["totals"]
     labels = ["watch events", "watch bytes", "LIST bytes"]
     outside = [t["outside_event_share"], t["outside_byte_share"], t["outside_list_byte_share"]]
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.barh(labels, [1.0] * 3, color=MESH, label="in the mesh (kept)")
     ax.barh(labels, outside, color=OUTSIDE, label="outside the mesh (dropped)")
     for i, share in enumerate(outside):
         ax.text(min(share, 0.9) + 0.01, i, f"{share:.0%}", va="center")
     ax.set_xlim(0, 1)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize="small")
     ax.set_title(f"what istiod receives, {report['window']['seconds']:.0f} s window")
     return _save(fig, out / "shares.png")
 
