@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     from discofilter.demo.cli import add_demo_parsers  # late: only argparse wiring
 
     add_demo_parsers(sub)
+    from discofilter.analyze.cli import add_analyze_parser  # late: only argparse wiring
+
+    add_analyze_parser(sub)
     return parser
 
 
@@ -254,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from discofilter.demo.cli import run_command
 
             return run_command(args)
+        elif args.command == "analyze":
+            from discofilter.analyze.cli import run_analyze
+
+            return run_analyze(args)
     except DiscofilterError as exc:
         print(f"discofilter: error: {exc.message}", file=sys.stderr)
         return 2
