@@ -101,7 +101,8 @@ async def build_runtime(
         proxy.registry.on_change,
         on_unknown=lambda: log.info("ended %d filtered watches", proxy.registry.end_all("unknown")),
     )
-    proxy.membership_unknown_for = tracker.unknown_for
+    proxy.await_confirmed = tracker.await_confirmed
+    proxy.api_server_answered = tracker.api_server_answered
     mesh: MeshWatcher | None = None
     try:
         if settings.mesh.configmap is not None and mesh_source is None:

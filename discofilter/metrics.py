@@ -12,6 +12,7 @@ cluster with 10k namespaces must not mean 10k series.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from discofilter.core.confirmation import OUTCOMES, WAIT_BUCKETS
 from discofilter.core.membership import Membership
 from discofilter.core.routing import RouteKind, classify, read_verb
 from discofilter.meshwatch import MeshWatcher
@@ -291,8 +293,43 @@ class DiscofilterCollector(Collector):
             "NaN before the first list.",
             value=age,
         )
+        yield from self._confirmation_metrics()
         ready = not_ready_reason(self.proxy, self.tracker, self.membership) is None
         yield GaugeMetricFamily("discofilter_ready", "1 while /readyz answers 200.", value=float(ready))
+
+    def _confirmation_metrics(self) -> Iterator[Metric]:
+        conf = self.tracker.confirmation
+        now = self.tracker.clock()
+        yield GaugeMetricFamily(
+            "discofilter_membership_confirmed",
+            "1 while mesh membership is confirmed (filtered requests go on at once), 0 while they wait "
+            "for a confirming namespace LIST.",
+            value=float(conf.confirmed(now)),
+        )
+        yield CounterMetricFamily(
+            "discofilter_membership_unconfirmed_seconds",
+            "Time mesh membership has spent unconfirmed (namespace watch down, reconnecting or quiet "
+            "past confirmed_quiet_seconds), start-up included.",
+            value=conf.unconfirmed_seconds(now),
+        )
+        waits = HistogramMetricFamily(
+            "discofilter_membership_wait_seconds",
+            "How long filtered requests waited for a confirming namespace LIST, by outcome: confirmed "
+            "(then answered), refused (503 past confirm_wait_seconds) or abandoned (the client left).",
+            labels=["outcome"],
+        )
+        for outcome in OUTCOMES:
+            stats = conf.waits[outcome]
+            cumulative = list(itertools.accumulate(stats.buckets))
+            buckets = [(_le(b), c) for b, c in zip(WAIT_BUCKETS, cumulative, strict=False)]
+            buckets.append(("+Inf", cumulative[-1]))
+            waits.add_metric([outcome], buckets, stats.seconds)
+        yield waits
+        yield CounterMetricFamily(
+            "discofilter_membership_refusals",
+            "Filtered requests refused (503) because no namespace LIST confirmed membership in time.",
+            value=conf.waits["refused"].count,
+        )
 
 
 def build_metrics_app(

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -189,8 +189,12 @@ class Proxy:
         """Filtered watches dropped because their client stopped reading (client_write_timeout_seconds)."""
         self.in_flight = 0
         """Requests being handled now, watches included (logged at shutdown)."""
-        self.membership_unknown_for: Callable[[], float] = lambda: 0.0
-        """Seconds mesh membership has gone unconfirmed; the namespace tracker sets it (app.py)."""
+        self.await_confirmed: Callable[[], Awaitable[None]] = _always_confirmed
+        """Returns once mesh membership is confirmed, or raises NotReadyError past its bound; the
+        namespace tracker's (app.py). See core.confirmation."""
+        self.api_server_answered: Callable[[], None] = lambda: None
+        """Told of every answer from the API server, so the namespace tracker retries at once after
+        an outage (app.py)."""
         self.stats = ProxyStats()
         self.decisions = NamespaceDecisions()
         """The JSON watch filters' namespace decisions, shared by every watch (see WatchFilter)."""
@@ -213,15 +217,13 @@ class Proxy:
         finally:
             self.in_flight -= 1
 
-    def _check_membership_known(self) -> None:
+    async def _confirm_membership(self) -> None:
+        """A filtered answer never rests on membership that may be stale: before the first sync it is
+        refused at once, and while the namespace watch is broken it waits for a confirming namespace
+        LIST (``await_confirmed``, bounded; past the bound, the same 503)."""
         if not self.membership.synced:
             raise NotReadyError("discofilter has not synced mesh membership yet; retry shortly")
-        unknown_for = self.membership_unknown_for()
-        if unknown_for > self.settings.namespaces.unknown_after_seconds:
-            raise NotReadyError(
-                f"discofilter's mesh membership is unconfirmed for {unknown_for:.0f} s (its namespace "
-                "watch is down); filtered reads fail closed until it recovers"
-            )
+        await self.await_confirmed()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
@@ -236,7 +238,7 @@ class Proxy:
             return await self._passthrough(request, raw)
         if route.kind is RouteKind.REJECTED:
             raise web.HTTPBadRequest(reason="BadRequest", text=route.reason)
-        self._check_membership_known()
+        await self._confirm_membership()
         if route.kind is RouteKind.LIST:
             return await self._list(request, raw, route)
         return await self._watch(request, raw, route)
@@ -298,7 +300,7 @@ class Proxy:
                 headers["Content-Length"] = str(request.content_length)
         url = URL(self.upstream.base_url + raw, encoded=True)
         try:
-            return await self.session.request(
+            resp = await self.session.request(
                 request.method,
                 url,
                 headers=headers,
@@ -311,6 +313,9 @@ class Proxy:
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._unreachable(exc) from exc
+        if resp.status < 500:  # a 5xx may come from a load balancer in front of a dead API server
+            self.api_server_answered()
+        return resp
 
     def _unreachable(self, exc: BaseException) -> UpstreamError:
         """Count a failed connect to the API server; raise what this returns."""
@@ -625,6 +630,8 @@ class Proxy:
                     raise NotReadyError("discofilter ended this watch before it began; retry") from exc
                 self.stats.upstream_error("ended_early")
                 raise UpstreamError(f"API server closed the WATCH before answering: {exc}") from exc
+            if head.status < 500:
+                self.api_server_answered()
             if head.status != 200:
                 try:
                     body = await conn.read_all(self.settings.watch.max_event_bytes)
@@ -753,6 +760,10 @@ class Proxy:
                 self.stats.upstream_error("ended_early")
                 log.info("upstream watch connection ended: %s", exc)
         return None
+
+
+async def _always_confirmed() -> None:
+    """Until app.py wires the namespace tracker in: nothing to wait for."""
 
 
 def _is_watch(request: web.Request) -> bool:

@@ -91,22 +91,41 @@ class NamespaceWatchSettings:
     this means the connection is dead even if TCP has not noticed."""
     backoff_initial_seconds: float = 0.8
     """client-go's reflector starts its backoff at 800 ms."""
-    backoff_max_seconds: float = 30.0
-    """...and caps it at 30 s."""
+    backoff_max_seconds: float = 2.0
+    """Unlike client-go's 30 s: while the namespace watch is down, filtered requests wait for it
+    (``confirm_wait_seconds``), so every second of backoff after the API server is back is a second
+    those requests hang. A namespace LIST is cheap and a refused connect cheaper; one attempt every
+    2 s during an outage costs the API server nothing, and the first one after it is at most 2 s late
+    (or none: any answer from the API server wakes the retry at once)."""
     short_watch_seconds: float = 1.0
     """client-go's VeryShortWatchError: a watch that ends within 1 s with no events means trouble."""
+    confirm_wait_seconds: float = 5.0
+    """How long a filtered LIST or WATCH may wait for membership to be confirmed (a fresh namespace
+    LIST) while the namespace watch is broken, before it gets the fail-closed 503 with Retry-After.
+    About what a kube-apiserver restart on a healthy etcd takes to serve again, so the client's first
+    try after the restart is answered instead of refused (a refusal costs it a round of client-go's
+    relist backoff, up to 30 s); short enough to read as a slow answer rather than a hang, and far
+    below any request timeout clients set (client-go and kubectl set none by default)."""
+    confirmed_quiet_seconds: float = 65.0
+    """How long a connected namespace watch counts as confirming membership without an event or
+    bookmark. A watch whose API server died or restarted is seen at once (the socket closes); only a
+    silent loss (a partition, a dead node) keeps it looking connected. The API server sends a bookmark
+    at least every 60 s (the 1.28 cacher's bookmarkFrequency), so a healthy quiet watch never passes
+    65 s; past it, the next filtered request waits for a namespace LIST instead of trusting the watch.
+    Lower values close that window sooner but cost a namespace LIST per quiet stretch."""
     unknown_after_seconds: float = 120.0
     """How long membership may go unconfirmed (the namespace list/watch failing, counted from its last
-    contact) before filtered requests fail closed (503) and open filtered watches are ended. Above
-    inactivity_seconds (70) plus one capped backoff (30), so a dead connection noticed late and
-    retried does not fail anything; the same as max_stale_seconds, so /readyz turns 503 (and a Service
-    stops sending clients here) when filtered reads start failing. Past it, a relabelled namespace
-    could be filtered under a membership minutes old: refusing is better than a guess."""
+    contact) before open filtered watches are ended with a 503 ERROR event. (New filtered requests
+    do not wait for this: from the first moment the watch is broken they wait for a confirming LIST,
+    see confirm_wait_seconds.) Above inactivity_seconds (70) plus a backoff, so a dead connection
+    noticed late and retried does not end anything; the same as max_stale_seconds, so /readyz turns
+    503 (and a Service stops sending clients here) when filtered reads start failing. Past it, a
+    watch could be filtering under a membership minutes old: ending it is better than a guess."""
     max_stale_seconds: float = 120.0
     """How long after the namespace list/watch last delivered anything, once it is failing, /readyz
-    still answers 200. Above inactivity_seconds (70) plus one capped backoff (30), so one dead
+    still answers 200. Above inactivity_seconds (70) plus a backoff, so one dead
     connection noticed late and retried does not flip readiness; short enough that a mesh label change
-    missed for minutes is not served as truth. Filtered reads fail closed past unknown_after_seconds
+    missed for minutes is not served as truth. Open filtered watches end past unknown_after_seconds
     (the same default)."""
 
 

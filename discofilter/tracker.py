@@ -26,12 +26,14 @@ import aiohttp
 import orjson
 from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api
 
+from discofilter.core.confirmation import Confirmation, Waiter
 from discofilter.core.framing import LineFramer
 from discofilter.core.membership import Membership
 from discofilter.errors import (
     MAX_ERROR_BODY,
     DiscofilterError,
     ExpiredError,
+    NotReadyError,
     StreamFramingError,
     UpstreamError,
     raise_for_status,
@@ -136,6 +138,11 @@ class Backoff:
         return min(delay, self.maximum)
 
 
+WAKE_FLOOR_SECONDS = 0.2
+"""A wake (``api_server_answered``) never starts a namespace attempt sooner than this after the last
+failed one: if proxied answers succeed while namespace requests keep failing to connect (a route that
+differs), answers at istiod's rate must not become namespace LISTs at that rate."""
+
 LOGGED_NAMESPACES = 100
 """Namespaces named in one membership-change line. A mesh config change can admit thousands at once
 (``discoverySelectors`` edited, a relist after a long outage); one line of 100 names and a count stays
@@ -178,6 +185,19 @@ class NamespaceTracker:
         """Called once per outage when membership has gone unconfirmed past ``unknown_after_seconds``."""
         self._watchdog: asyncio.TimerHandle | None = None
         self._unknown_signalled = False
+        self.confirmation = Confirmation(quiet_bound=settings.confirmed_quiet_seconds, now=clock())
+        """Whether membership is confirmed now, and the filtered requests waiting until it is."""
+        self._released: dict[Waiter, asyncio.Future[None]] = {}
+        self._read_timer: asyncio.Timeout | None = None
+        """The pending watch read's timeout: rescheduled to now to cut the watch for a confirming LIST."""
+        self._sleep_timer: asyncio.Timeout | None = None
+        """The backoff sleep in progress: rescheduled to end it early when the API server answers."""
+        self._cut = False
+        """The last watch was ended to make room for a confirming LIST (not a failure)."""
+        self._unreachable_at: float | None = None
+        """Loop time of the last attempt that failed without an answer from the API server (refused,
+        reset, timed out); None once an attempt got one. Only such a failure is woken early."""
+        self._refusals_logged = False
 
     def unknown_for(self) -> float:
         """Seconds membership has gone unconfirmed: 0 while nothing fails (a quiet watch the API
@@ -217,6 +237,81 @@ class NamespaceTracker:
             self.unknown_for(),
         )
         self.on_unknown()
+
+    async def await_confirmed(self) -> None:
+        """Return once membership is confirmed (at once if it is now); raise ``NotReadyError`` when
+        it is not within ``confirm_wait_seconds``. Waiters share one namespace LIST (core.confirmation)."""
+        conf = self.confirmation
+        waiter = conf.admit(self.clock())
+        if waiter is None:
+            return
+        if conf.waiting == 1:
+            log.info(
+                "mesh membership unconfirmed (namespace watch %s): filtered requests wait for a "
+                "namespace LIST",
+                conf.phase.value,
+            )
+        fut = asyncio.get_running_loop().create_future()
+        self._released[waiter] = fut
+        self._cut_watch_for_list()
+        try:
+            async with asyncio.timeout(self.settings.confirm_wait_seconds):
+                await fut
+        except TimeoutError:
+            if waiter.outcome == "confirmed":
+                return  # released as the bound passed
+            conf.give_up(waiter, self.clock(), "refused")
+            if not self._refusals_logged:
+                self._refusals_logged = True
+                log.warning(
+                    "filtered requests refused (503): mesh membership not confirmed within %.1f s "
+                    "(namespace watch %s)",
+                    self.settings.confirm_wait_seconds,
+                    conf.phase.value,
+                )
+            raise NotReadyError(
+                "discofilter's mesh membership is unconfirmed (its namespace watch is down) and no "
+                f"namespace LIST confirmed it within {self.settings.confirm_wait_seconds:g} s; "
+                "filtered reads fail closed until it recovers"
+            ) from None
+        except asyncio.CancelledError:
+            conf.give_up(waiter, self.clock(), "abandoned")
+            raise
+        finally:
+            self._released.pop(waiter, None)
+
+    def _cut_watch_for_list(self) -> None:
+        """A confirming LIST is wanted: end a pending watch read now (the tracker then lists). A backoff
+        sleep is left alone: the API server failed, and the LIST comes when the backoff ends or the API
+        server answers (``api_server_answered``)."""
+        if self._read_timer is not None and self.confirmation.list_wanted():
+            self._read_timer.reschedule(asyncio.get_running_loop().time())
+
+    def api_server_answered(self) -> None:
+        """The API server answered a request (proxied or not): if the namespace list/watch is waiting
+        out a backoff after failing to reach it, retry now. Cheap: called on every upstream answer."""
+        if self._sleep_timer is None or self._unreachable_at is None:
+            return
+        at = self._unreachable_at + WAKE_FLOOR_SECONDS
+        when = self._sleep_timer.when()
+        if when is not None and when > at:
+            loop_now = asyncio.get_running_loop().time()
+            self._sleep_timer.reschedule(max(at, loop_now))
+            log.info("the API server answers again: retrying the namespace list/watch now")
+
+    def _release(self, waiters: list[Waiter]) -> None:
+        if not waiters:
+            return
+        for w in waiters:
+            fut = self._released.get(w)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        log.info(
+            "namespace LIST confirmed mesh membership: %d waiting filtered requests go on "
+            "(longest wait %.2f s)",
+            len(waiters),
+            max(w.waited for w in waiters),
+        )
 
     @property
     def healthy(self) -> bool:
@@ -265,10 +360,15 @@ class NamespaceTracker:
             self.on_change(changed)
 
     async def relist(self) -> str:
-        items, rv = await self.source.list()
-        self.relists += 1
-        first = not self.ready.is_set()
-        self._changed(self.membership.replace(items, rv))
+        attempt = self.confirmation.list_started(self.clock())
+        try:
+            items, rv = await self.source.list()
+            self.relists += 1
+            first = not self.ready.is_set()
+            self._changed(self.membership.replace(items, rv))
+        except BaseException:
+            self.confirmation.list_failed(attempt, self.clock())
+            raise
         self._contact()
         if first:
             log.info(
@@ -279,6 +379,9 @@ class NamespaceTracker:
                 rv,
             )
         self.ready.set()
+        self._unreachable_at = None
+        self._refusals_logged = False
+        self._release(self.confirmation.list_succeeded(attempt, self.clock()))
         return rv
 
     async def watch_once(self, rv: str) -> str | None:
@@ -288,17 +391,26 @@ class NamespaceTracker:
         inactivity = self.settings.inactivity_seconds
         stream = self.source.watch(rv, self.settings.timeout_seconds)
         self.watch_open = True
+        self._cut = False
+        clean = False
         try:
             while True:
+                if self.confirmation.list_wanted():
+                    # Filtered requests wait for a confirming LIST: make room for it (the tracker
+                    # lists next, then watches from the list's resourceVersion).
+                    self._cut = True
+                    return rv
                 try:
                     # asyncio.timeout, not wait_for: no inner task, so a cancellation of the tracker
                     # reaches the stream directly and cannot be swallowed (wait_for in 3.11 loses a
                     # cancel when the inner read fails at the same moment).
-                    async with asyncio.timeout(inactivity):
-                        etype, obj = await anext(stream)
+                    etype, obj = await self._read(stream, inactivity)
                 except StopAsyncIteration:
+                    clean = True
                     break
                 except TimeoutError:
+                    if self.confirmation.list_wanted():
+                        continue  # cut for a confirming LIST (_cut_watch_for_list), not silence
                     self._failing()
                     self._silent = True
                     log.warning("namespace watch silent for %.0f s; reconnecting from rv %s", inactivity, rv)
@@ -306,6 +418,7 @@ class NamespaceTracker:
                 if etype == OPEN:
                     # Accepted by the API server: not an event (the short-watch guard still applies),
                     # but a failure to connect is over.
+                    self.confirmation.watch_opened(self.clock())
                     if not self._silent:
                         self.failing_since = None
                         self._confirmed()
@@ -328,12 +441,27 @@ class NamespaceTracker:
                         raise StreamFramingError(f"malformed namespace event: {exc}") from exc
                 if isinstance(new_rv, str) and new_rv:
                     rv = new_rv
+                self.confirmation.watch_contact(self.clock())  # after the event is in membership
         finally:
+            self._read_timer = None
             self.watch_open = False
+            self.confirmation.watch_ended(self.clock(), clean=clean)
             await stream.aclose()  # type: ignore[attr-defined]
         if not got_any and self.clock() - started < self.settings.short_watch_seconds:
             raise UpstreamError("namespace watch lasted less than a second and no items received")
         return rv
+
+    async def _read(
+        self, stream: AsyncIterator[tuple[str, RawDict]], inactivity: float
+    ) -> tuple[str, RawDict]:
+        """The next (type, object) of the watch, within ``inactivity`` seconds (or sooner, if a
+        confirming LIST cuts it: ``_cut_watch_for_list`` reschedules the timer)."""
+        async with asyncio.timeout(inactivity) as timer:
+            self._read_timer = timer
+            try:
+                return await anext(stream)
+            finally:
+                self._read_timer = None
 
     async def run(self) -> None:
         """Run forever: list, watch, resume, relist on 410, back off on failures."""
@@ -346,10 +474,12 @@ class NamespaceTracker:
         rv: str | None = None
         while True:
             try:
-                if rv is None:
+                if rv is None or self.confirmation.list_wanted():
                     rv = await self.relist()
                     listed_rv = rv
                     rv = await self.watch_once(rv)
+                    if self._cut:
+                        continue  # cut for another confirming LIST: not a failure
                     if rv is None or rv == listed_rv:
                         # Expired (or silent) straight after a fresh LIST: the API server is not
                         # keeping up. Back off rather than relisting in a tight loop.
@@ -357,6 +487,8 @@ class NamespaceTracker:
                         continue
                 else:
                     rv = await self.watch_once(rv)
+                    if self._cut:
+                        continue
                 self.backoff.reset()
             except ExpiredError:
                 rv = None
@@ -366,10 +498,20 @@ class NamespaceTracker:
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from exc  # a cancelled read surfaced as an I/O error
                 self.reconnects += 1
+                answered = isinstance(exc, UpstreamError) and exc.status is not None
+                self._unreachable_at = None if answered else asyncio.get_running_loop().time()
                 await self._sleep_backoff(f"namespace list/watch failed ({exc})")
 
     async def _sleep_backoff(self, why: str) -> None:
         self._failing()
         delay = self.backoff.next()
         log.warning("%s; retrying in %.1f s", why, delay)
-        await asyncio.sleep(delay)
+        try:
+            async with asyncio.timeout(delay) as timer:
+                self._sleep_timer = timer  # api_server_answered may end it early
+                try:
+                    await asyncio.get_running_loop().create_future()  # only the timer ends this
+                finally:
+                    self._sleep_timer = None
+        except TimeoutError:
+            pass

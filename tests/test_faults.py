@@ -283,7 +283,9 @@ async def test_api_server_restart_mid_watch_then_clients_recover(tmp_path: Path)
 
     settings = replace(
         Settings(),
-        namespaces=NamespaceWatchSettings(backoff_initial_seconds=0.05, backoff_max_seconds=0.2),
+        namespaces=NamespaceWatchSettings(
+            backoff_initial_seconds=0.05, backoff_max_seconds=0.2, confirm_wait_seconds=1.0
+        ),
     )
     kc = write_kubeconfig(tmp_path / "own.kc", f"http://127.0.0.1:{port}", token=OWN)
     auth = {"Authorization": f"Bearer {ADMIN}"}
@@ -300,9 +302,10 @@ async def test_api_server_restart_mid_watch_then_clients_recover(tmp_path: Path)
                 rest = await asyncio.wait_for(w.read(), 5)
             for line in rest.splitlines():  # whatever came after is whole events, or the stream just ended
                 assert orjson.loads(line)["type"] in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
-            # While it is down: a clear error, never a guess.
+            # While it is down: a clear error, never a guess (membership cannot be confirmed: the
+            # fail-closed 503 once the wait for a confirming namespace LIST runs out).
             status, _, body = await fetch_with(s, df.url + "/api/v1/pods")
-            assert status == 502 and orjson.loads(body)["kind"] == "Status"
+            assert status == 503 and orjson.loads(body)["kind"] == "Status"
             sim_runner = await start()
             # The client's own rule: re-watch from the last RV it saw. Membership tracking recovered too.
             last_rv = orjson.loads(first)["object"]["metadata"]["resourceVersion"]
