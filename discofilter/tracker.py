@@ -79,6 +79,7 @@ class KubernetesNamespaceSource:
             raise _api_error(exc) from exc
         async with resp:
             body = await resp.read()
+        _check_status(resp.status, body, "list")
         doc = orjson.loads(body)
         return list(doc.get("items") or []), str(doc.get("metadata", {}).get("resourceVersion", ""))
 
@@ -98,12 +99,35 @@ class KubernetesNamespaceSource:
             raise _api_error(exc) from exc
         framer = LineFramer()
         async with resp:
+            if resp.status != 200:
+                _check_status(resp.status, await resp.read(), "watch")
             yield OPEN, {}
             async for chunk in resp.content.iter_any():
                 for line in framer.feed(chunk):
                     event = orjson.loads(line)
                     yield str(event.get("type")), event.get("object") or {}
             framer.feed_eof()
+
+
+def _check_status(status: int, body: bytes, verb: str) -> None:
+    """Refuse a non-200 answer. kubernetes-asyncio checks the status only when it parses the body
+    itself (``rest.py``: ``if _preload_content: ... raise ApiException``), so with the raw bodies read
+    here a 401 Status would otherwise pass for an empty namespace list, or for a watch event."""
+    if status == 200:
+        return
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    words = status_words(doc) if isinstance(doc, dict) else f"{status} {body[:200]!r}"
+    cls = ExpiredError if status == 410 else UpstreamError
+    raise cls(f"namespace {verb} refused: {words}", status=status)
+
+
+def status_words(status: RawDict) -> str:
+    """A Kubernetes Status in words: ``401 Unauthorized: Unauthorized``."""
+    code, reason, message = status.get("code"), status.get("reason"), status.get("message")
+    return " ".join(str(p) for p in (code, reason) if p) + (f": {message}" if message else "")
 
 
 def _api_error(exc: ApiException) -> UpstreamError:
@@ -193,6 +217,8 @@ class NamespaceTracker:
         """Membership stopped being confirmed: signal ``on_unknown`` when the bound passes."""
         if self.on_unknown is None or self._unknown_signalled or self._watchdog is not None:
             return
+        if self.last_contact is None:
+            return  # never synced: nothing is served filtered yet, and /readyz already says so
         delay = max(0.0, self.settings.unknown_after_seconds - self.unknown_for())
         self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_unknown)
 
@@ -310,7 +336,8 @@ class NamespaceTracker:
                         log.info("namespace watch expired at rv %s (%s); relisting", rv, obj.get("message"))
                         return None
                     raise UpstreamError(
-                        f"namespace watch ERROR event: {obj.get('message')}", status=obj.get("code")
+                        f"namespace watch ended by an ERROR event: {status_words(obj)}",
+                        status=obj.get("code"),
                     )
                 meta = obj.get("metadata") or {}
                 new_rv = meta.get("resourceVersion")
