@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from discofilter import __version__
 from discofilter.core.membership import is_namespace_name
@@ -24,32 +26,76 @@ from discofilter.settings import (
 ENV_PREFIX = "DISCOFILTER_"
 
 
+class EnvText(str):
+    """A value read from an environment variable, which it remembers so that errors name it."""
+
+    var: str
+
+
 def _env(name: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + name) or None
+    value = os.environ.get(ENV_PREFIX + name)
+    if not value:
+        return None
+    text = EnvText(value)
+    text.var = ENV_PREFIX + name
+    return text
+
+
+def _origin(value: object, flag: str) -> str:
+    """The flag, or the environment variable the value came from: what the user has to fix."""
+    return value.var if isinstance(value, EnvText) else flag
+
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+"""Spellings accepted for boolean environment variables (case-insensitive), as strconv.ParseBool-ish."""
+
+
+def _env_bool(value: object, flag: str) -> bool:
+    if not isinstance(value, str):
+        return bool(value)  # the flag itself: store_true
+    if value.strip().lower() in TRUE:
+        return True
+    if value.strip().lower() in FALSE:
+        return False
+    spellings = "/".join(TRUE + FALSE)
+    raise ConfigError(f"{_origin(value, flag)}={value!r} is neither true nor false ({spellings})")
 
 
 def _host_port(value: str, flag: str) -> tuple[str, int]:
+    where = _origin(value, flag)
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise DiscofilterError(f"{flag} {value!r} is not HOST:PORT")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{where} {value!r} is not HOST:PORT")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where} {value!r}: port {port} out of range 0-65535")
+    if host.startswith("[") != host.endswith("]"):
+        raise ConfigError(f"{where} {value!r}: unbalanced [] around the IPv6 address")
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
 def _positive(kind: type[int] | type[float], flag: str) -> Callable[[str], float]:
     def parse(value: str) -> float:
+        where = _origin(value, flag)
         try:
             number = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} wants a number, not {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be positive, not {value!r}")
+            raise argparse.ArgumentTypeError(f"{where} wants a number, not {value!r}") from None
+        if not math.isfinite(number) or number <= 0:
+            raise argparse.ArgumentTypeError(f"{where} must be a positive number, not {value!r}")
         return number
 
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error, rather than argparse's usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"discofilter: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="discofilter",
         description="A watch proxy between istiod and the kube-apiserver that keeps only mesh namespaces' "
         "pods, services, endpoints and endpointslices in LIST and WATCH answers.",
@@ -61,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig",
         default=_env("KUBECONFIG"),
         help="kubeconfig of the real API server [env DISCOFILTER_KUBECONFIG]; "
-        "without it KUBECONFIG is used, then the in-cluster ServiceAccount",
+        "without it KUBECONFIG (a ':'-separated list, merged as kubectl does), then ~/.kube/config, "
+        "then the in-cluster ServiceAccount",
     )
     s.add_argument("--context", default=_env("CONTEXT"), help="kubeconfig context [env DISCOFILTER_CONTEXT]")
     s.add_argument(
@@ -123,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--upstream-credentials",
         action="store_true",
-        default=(_env("UPSTREAM_CREDENTIALS") or "").lower() in ("1", "true", "yes"),
+        default=_env("UPSTREAM_CREDENTIALS"),
         help="attach discofilter's own credentials to requests that carry none (the sidecar case); "
         "refused unless --listen is a loopback address [env DISCOFILTER_UPSTREAM_CREDENTIALS=true]",
     )
@@ -180,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_env_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse checks ``choices`` only on the command line, not on defaults (our env vars)."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and isinstance(value, EnvText) and value not in action.choices:
+            raise ConfigError(f"{value.var}={value!r} is not one of {', '.join(map(str, action.choices))}")
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                _check_env_choices(chosen, args)
+
+
 def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, int]]:
     texts: list[str] = args.namespace_selector or [
         t for t in (_env("NAMESPACE_SELECTOR") or "").split(";") if t.strip()
@@ -197,12 +256,15 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
             port=port,
             tls_cert_file=args.tls_cert_file,
             tls_key_file=args.tls_key_file,
-            upstream_credentials=args.upstream_credentials,
+            upstream_credentials=_env_bool(args.upstream_credentials, "--upstream-credentials"),
             shutdown_grace_seconds=args.shutdown_grace_seconds,
             tls_reload_seconds=args.tls_reload_seconds,
         ),
         upstream=UpstreamSettings(
-            kubeconfig=args.kubeconfig, context=args.context, pool_size=int(args.upstream_pool_size)
+            kubeconfig=args.kubeconfig,
+            kubeconfig_from=_origin(args.kubeconfig, "--kubeconfig"),
+            context=args.context,
+            pool_size=int(args.upstream_pool_size),
         ),
         watch=WatchSettings(
             wire_format=args.wire_format, client_write_timeout_seconds=args.client_write_timeout_seconds
@@ -242,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_env_choices(parser, args)
         if args.command == "serve":
             settings, (hhost, hport) = settings_from_args(args)
             mhost, mport = _host_port(args.metrics_listen, "--metrics-listen")

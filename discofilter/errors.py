@@ -110,13 +110,20 @@ def raise_for_status(status: int, reason: str | None, body: bytes, what: str, hi
     """
     if status < 300:
         return
-    message: object = None
     try:
         doc = orjson.loads(body)
-        message = doc.get("message") if isinstance(doc, dict) else None
     except orjson.JSONDecodeError:
-        pass
-    if not isinstance(message, str) or not message:
-        message = body[:200].decode("utf-8", "replace").strip() or reason or ""
+        doc = None
+    if isinstance(doc, dict) and (doc.get("code") or doc.get("message")):
+        words = status_words(doc)
+    else:
+        text = body[:200].decode("utf-8", "replace").strip()
+        words = f"{status} {reason or ''}" + (f": {text}" if text else "")
     cls = ExpiredError if status == 410 else UpstreamError
-    raise cls(f"{what} failed: {status} {message}{hint}", status=status)
+    raise cls(f"{what} refused: {words}{hint}", status=status)
+
+
+def status_words(status: dict[str, object]) -> str:
+    """A Kubernetes Status in words: ``401 Unauthorized: Unauthorized``."""
+    code, reason, message = status.get("code"), status.get("reason"), status.get("message")
+    return " ".join(str(p) for p in (code, reason) if p) + (f": {message}" if message else "")

@@ -59,7 +59,7 @@ from discofilter.kubeapi import (
 )
 from discofilter.settings import Settings
 from discofilter.stats import FilterCounts, ProxyStats
-from discofilter.upstream import Upstream
+from discofilter.upstream import Upstream, describe_connect_error
 from discofilter.watchconn import UpstreamClosed, WatchConnection, request_bytes
 
 log = logging.getLogger("discofilter.proxy")
@@ -320,7 +320,9 @@ class Proxy:
     def _unreachable(self, exc: BaseException) -> UpstreamError:
         """Count a failed connect to the API server; raise what this returns."""
         self.stats.upstream_error("unreachable")
-        return UpstreamError(f"API server {self.upstream.base_url} unreachable: {exc}")
+        url = URL(self.upstream.base_url)
+        address = f"[{url.host}]:{url.port}" if ":" in (url.host or "") else f"{url.host}:{url.port}"
+        return UpstreamError(f"API server unreachable: {describe_connect_error(exc, address)}")
 
     @staticmethod
     def _copy_headers(

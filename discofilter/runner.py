@@ -31,6 +31,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
+from discofilter import __version__
 from discofilter.app import (
     Runtime,
     build_health_app,
@@ -42,7 +43,7 @@ from discofilter.app import (
 from discofilter.errors import ConfigError
 from discofilter.gateways import gateways_checked
 from discofilter.settings import ServerSettings, Settings
-from discofilter.upstream import load_upstream
+from discofilter.upstream import load_upstream, tls_problem
 
 log = logging.getLogger("discofilter")
 
@@ -82,10 +83,18 @@ def server_ssl_context(server: ServerSettings) -> ssl.SSLContext | None:
     if server.tls_cert_file is None or server.tls_key_file is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for flag, path in (("--tls-cert-file", server.tls_cert_file), ("--tls-key-file", server.tls_key_file)):
+        try:
+            Path(path).read_bytes()  # OpenSSL's own error names no file: say which one fails
+        except OSError as exc:
+            raise ConfigError(f"cannot read {flag} {path}: {exc.strerror or exc}") from exc
     try:
         ctx.load_cert_chain(server.tls_cert_file, server.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the serving certificate: {exc}") from exc
+        raise ConfigError(
+            f"cannot load the serving certificate {server.tls_cert_file} with key {server.tls_key_file}: "
+            f"{tls_problem(exc)}"
+        ) from exc
     return ctx
 
 
@@ -202,6 +211,14 @@ async def serve(
                 soft, _ = raise_nofile_limit()
                 log.info("open-files limit %d: room for about %d concurrent watches", soft, soft // 2)
             scheme = "https" if ssl_ctx else "http"
+            # Only now, once every start-up check has passed: a refused start stays one line on stderr.
+            log.info(
+                "discofilter %s, API server %s from %s",
+                __version__,
+                upstream.base_url,
+                upstream.source,
+                extra={"version": __version__, "upstream_source": upstream.source},
+            )
             # The bound ports, not the asked ones: with port 0 the kernel picks, and the log must say which.
             bound = {
                 "listen": _bound(proxy_runner),

@@ -43,7 +43,10 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     kubeconfig: str | None = None
-    """Explicit kubeconfig; without it KUBECONFIG is used, then the in-cluster config (as istiod does)."""
+    """Explicit kubeconfig; without it KUBECONFIG, then ~/.kube/config, then the in-cluster config, the
+    order kubectl uses (see ``discofilter.kubeconfig``)."""
+    kubeconfig_from: str = "--kubeconfig"
+    """Where ``kubeconfig`` came from (the flag or its environment variable), for messages."""
     context: str | None = None
     connect_timeout_seconds: float = 10.0
     """A TCP+TLS connect to a healthy API server takes milliseconds; 10 s rides out a busy control plane."""

@@ -37,6 +37,7 @@ from discofilter.errors import (
     StreamFramingError,
     UpstreamError,
     raise_for_status,
+    status_words,
 )
 from discofilter.settings import NamespaceWatchSettings
 
@@ -84,7 +85,7 @@ class KubernetesNamespaceSource:
             raise _api_error(exc) from exc
         async with resp:
             body = await resp.read()
-            raise_for_status(resp.status, resp.reason, body, "namespace list/watch")
+            raise_for_status(resp.status, resp.reason, body, "namespace list")
         doc = orjson.loads(body)
         return list(doc.get("items") or []), str(doc.get("metadata", {}).get("resourceVersion", ""))
 
@@ -106,7 +107,7 @@ class KubernetesNamespaceSource:
         async with resp:
             if resp.status >= 300:
                 body = await resp.content.read(MAX_ERROR_BODY)
-                raise_for_status(resp.status, resp.reason, body, "namespace list/watch")
+                raise_for_status(resp.status, resp.reason, body, "namespace watch")
             yield OPEN, {}
             async for chunk in resp.content.iter_any():
                 for line in framer.feed(chunk):
@@ -220,6 +221,8 @@ class NamespaceTracker:
         """Membership stopped being confirmed: signal ``on_unknown`` when the bound passes."""
         if self.on_unknown is None or self._unknown_signalled or self._watchdog is not None:
             return
+        if self.last_contact is None:
+            return  # never synced: nothing is served filtered yet, and /readyz already says so
         delay = max(0.0, self.settings.unknown_after_seconds - self.unknown_for())
         self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_unknown)
 
@@ -430,7 +433,8 @@ class NamespaceTracker:
                         log.info("namespace watch expired at rv %s (%s); relisting", rv, obj.get("message"))
                         return None
                     raise UpstreamError(
-                        f"namespace watch ERROR event: {obj.get('message')}", status=obj.get("code")
+                        f"namespace watch ended by an ERROR event: {status_words(obj)}",
+                        status=obj.get("code"),
                     )
                 meta = obj.get("metadata") or {}
                 new_rv = meta.get("resourceVersion")

@@ -2,8 +2,9 @@
 
 The configuration is loaded by kubernetes-asyncio's own loaders (kubeconfig with contexts, CA data,
 client certificates, tokens, token files and exec plugins; or the in-cluster ServiceAccount), never by
-hand-written kubeconfig parsing. Loading order follows istiod (istio ``pkg/kube/util.go``): an explicit
-path, then ``KUBECONFIG``, then in-cluster.
+hand-written kubeconfig parsing. Which kubeconfig, and a check of it first that names the file and the
+fault in one line, is ``discofilter.kubeconfig``: kubectl's order (``--kubeconfig``, ``KUBECONFIG``,
+``~/.kube/config``, then in-cluster), where istiod's (istio ``pkg/kube/util.go``) lacks ``~/.kube/config``.
 
 Two TLS contexts, one pooled session. Client certificates authenticate at the TLS layer, so a
 connection that carries discofilter's client certificate *is* discofilter to the API server, whatever
@@ -27,9 +28,10 @@ import aiohttp
 from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import ConfigException
 from kubernetes_asyncio.config.incluster_config import SERVICE_HOST_ENV_NAME, load_incluster_config
-from kubernetes_asyncio.config.kube_config import KubeConfigLoader, load_kube_config, refresh_token
+from kubernetes_asyncio.config.kube_config import KubeConfigLoader, refresh_token
 
 from discofilter.errors import ConfigError
+from discofilter.kubeconfig import checked_config, choose
 from discofilter.settings import UpstreamSettings
 
 log = logging.getLogger("discofilter.upstream")
@@ -70,63 +72,100 @@ class Upstream:
                 await self._refresh_task
 
 
-def _ssl_contexts(cfg: Any) -> tuple[ssl.SSLContext | bool, ssl.SSLContext | bool]:
+def _ssl_contexts(cfg: Any, source: str) -> tuple[ssl.SSLContext | bool, ssl.SSLContext | bool]:
     if not str(cfg.host).startswith("https://"):
         return False, False
     if not cfg.verify_ssl:
         log.warning("TLS verification of the API server is OFF (insecure-skip-tls-verify in the kubeconfig)")
 
     def make(with_client_cert: bool) -> ssl.SSLContext:
-        ctx = (
-            ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-            if cfg.ssl_ca_cert
-            else ssl.create_default_context()
-        )
-        if not cfg.verify_ssl:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if with_client_cert and cfg.cert_file:
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        part = "certificate-authority"
+        try:
+            ctx = (
+                ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+                if cfg.ssl_ca_cert
+                else ssl.create_default_context()
+            )
+            if not cfg.verify_ssl:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if with_client_cert and cfg.cert_file:
+                part = "client-certificate and client-key"
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            # The files may be temporary copies of *-data fields: name the kubeconfig field instead.
+            raise ConfigError(f"{source}: cannot load its {part}: {tls_problem(exc)}") from exc
         return ctx
 
-    try:
-        return make(False), make(True)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the API server's TLS settings: {exc}") from exc
+    return make(False), make(True)
+
+
+def tls_problem(exc: OSError) -> str:
+    """An OpenSSL or file error in words: ``ssl.SSLError`` carries its reason, ``str()`` adds codes."""
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or exc.strerror or str(exc)).replace("_", " ").lower()
+    return exc.strerror or str(exc)
+
+
+def describe_connect_error(exc: BaseException, address: str) -> str:
+    """Why a connection to ``address`` (host:port) failed, in words, without object reprs.
+
+    aiohttp's own text names the SSL context by its repr (``ssl:<ssl.SSLContext object at 0x...>``),
+    which tells a client nothing.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        err = exc.certificate_error
+        return f"TLS certificate of {address} not trusted: {getattr(err, 'verify_message', None) or err}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_connect_error(exc.os_error, address)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {address} not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {address} failed: {tls_problem(exc)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{address} closed the connection"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"no answer from {address} in time"
+    if isinstance(exc, OSError):
+        words = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+        return f"cannot connect to {address}: {words.lower()}"
+    return f"{address}: {type(exc).__name__}: {exc}"
 
 
 async def load_upstream(settings: UpstreamSettings) -> Upstream:
     """Load the API server configuration, or raise ConfigError with a one-line reason."""
     cfg = Configuration()
     loader: KubeConfigLoader | None = None
-    path = settings.kubeconfig or os.environ.get("KUBECONFIG") or None
-    try:
-        if path:
-            for one in path.split(os.pathsep):
-                if not os.path.isfile(os.path.expanduser(one)):
-                    raise ConfigError(f"kubeconfig {one!r} does not exist")
-            loader = await load_kube_config(
-                config_file=path, context=settings.context, client_configuration=cfg, persist_config=False
+    choice = choose(settings.kubeconfig, settings.kubeconfig_from, os.environ)
+    if choice is not None:
+        checked = checked_config(choice, settings.context)
+        source = f"{choice.describe()}, context {checked.context}"
+        try:
+            loader = KubeConfigLoader(
+                config_dict=checked.tree, active_context=checked.context, config_base_path=None
             )
-            source = f"kubeconfig {path}" + (f" (context {settings.context})" if settings.context else "")
-        elif os.environ.get(SERVICE_HOST_ENV_NAME):
-            if settings.context:
-                raise ConfigError("--context needs a kubeconfig (--kubeconfig or KUBECONFIG)")
+            await loader.load_and_set(cfg)
+        except ConfigException as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{source}: {type(exc).__name__}: {exc}") from exc
+    elif os.environ.get(SERVICE_HOST_ENV_NAME):
+        if settings.context:
+            raise ConfigError("--context needs a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config)")
+        source = "in-cluster ServiceAccount"
+        try:
             load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-            source = "in-cluster ServiceAccount"
-        else:
-            raise ConfigError(
-                "no API server configured: pass --kubeconfig, set KUBECONFIG, or run in a pod "
-                f"({SERVICE_HOST_ENV_NAME} is unset)"
-            )
-    except ConfigException as exc:
-        raise ConfigError(f"cannot load the API server configuration: {exc}") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot load the API server configuration: {type(exc).__name__}: {exc}") from exc
+        except ConfigException as exc:
+            raise ConfigError(f"cannot load the {source}: {exc}") from exc
+    else:
+        raise ConfigError(
+            "no API server configured: pass --kubeconfig, set KUBECONFIG, create ~/.kube/config, or run "
+            f"in a pod ({SERVICE_HOST_ENV_NAME} is unset)"
+        )
     host = str(cfg.host).rstrip("/")
     if not host.startswith(("http://", "https://")):
-        raise ConfigError(f"API server address {host!r} is not an http(s) URL")
-    client_ssl, own_ssl = _ssl_contexts(cfg)
+        raise ConfigError(f"{source}: API server address {host!r} is not an http(s) URL")
+    client_ssl, own_ssl = _ssl_contexts(cfg, source)
     return Upstream(
         base_url=host, client_ssl=client_ssl, own_ssl=own_ssl, source=source, _config=cfg, _loader=loader
     )

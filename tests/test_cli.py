@@ -19,6 +19,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         for k, v in os.environ.items()
         if not k.startswith("DISCOFILTER_") and k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
     }
+    base["HOME"] = "/nonexistent"  # no ~/.kube/config of whoever runs the tests
     return subprocess.run(
         [sys.executable, "-m", "discofilter", *args],
         capture_output=True,
@@ -57,7 +58,7 @@ def test_help_names_every_flag_and_env_var() -> None:
         (
             ["--kubeconfig", "/nonexistent/kubeconfig"],
             {},
-            "kubeconfig '/nonexistent/kubeconfig' does not exist",
+            "kubeconfig /nonexistent/kubeconfig (--kubeconfig) does not exist",
         ),
         ([], {}, "no API server configured"),
         ([], {"DISCOFILTER_NAMESPACE_SELECTOR": "a=b;!!x"}, "invalid label selector"),

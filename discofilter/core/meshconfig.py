@@ -71,20 +71,18 @@ def parse_mesh_config(text: str | bytes, *, source: str) -> MeshSelectors:
     try:
         doc: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        # PyYAML's messages span lines (problem, then a mark with a code snippet): keep it on one.
-        problem = " ".join(str(exc).split())
-        raise MeshConfigError(f"mesh config {source} is not valid YAML: {problem}") from exc
+        raise MeshConfigError(f"mesh config {source} is not valid YAML: {yaml_problem(exc)}") from exc
     if doc is None:
         # An empty document: istiod applies its defaults, which have no discoverySelectors.
         return EVERY_NAMESPACE
     if not isinstance(doc, Mapping):
-        raise MeshConfigError(f"mesh config {source} must be a YAML map, not {_kind(doc)}")
+        raise MeshConfigError(f"mesh config {source} must be a YAML map, not {kind(doc)}")
     raw = doc.get(FIELD)
     if raw is None:
         return EVERY_NAMESPACE
     if not isinstance(raw, list):
         raise MeshConfigError(
-            f"mesh config {source}: {FIELD} must be a list of label selectors, not {_kind(raw)}"
+            f"mesh config {source}: {FIELD} must be a list of label selectors, not {kind(raw)}"
         )
     selectors = []
     for index, entry in enumerate(raw):
@@ -93,7 +91,7 @@ def parse_mesh_config(text: str | bytes, *, source: str) -> MeshSelectors:
             # (a stray "-"); refuse it rather than guess.
             raise MeshConfigError(
                 f"mesh config {source}: {FIELD}[{index}] must be a map with matchLabels and/or "
-                f"matchExpressions, not {_kind(entry)}"
+                f"matchExpressions, not {kind(entry)}"
             )
         try:
             selectors.append(selector_from_dict(entry))
@@ -102,7 +100,20 @@ def parse_mesh_config(text: str | bytes, *, source: str) -> MeshSelectors:
     return MeshSelectors(SelectorSet(tuple(selectors)), configured=bool(selectors))
 
 
-def _kind(value: object) -> str:
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where. Its own text spans lines (problem, then a
+    mark with a code snippet) and names the input ``<byte string>``, which the caller names better."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{exc.problem}{at}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{exc.reason} (byte {exc.position})"
+    return " ".join(str(exc).split())
+
+
+def kind(value: object) -> str:
+    """What a YAML value is, in words, for messages."""
     if value is None:
         return "null"
     if isinstance(value, list):
