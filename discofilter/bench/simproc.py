@@ -36,7 +36,6 @@ from aiohttp import web
 from discofilter.bench.client import PATHS, scan, watch_url
 from discofilter.bench.procs import BenchError, JsonObj, serve_commands
 from discofilter.bench.pump import Recording, frame_chunks, paced_plan, serve_pump
-from discofilter.bench.tlsca import BenchCA
 from discofilter.bench.workload import WATCHED, Churn, WorkloadSettings, Write
 from discofilter.core.framing import LineFramer
 from discofilter.simapi import SimSettings, Store, serve
@@ -80,6 +79,10 @@ class SimServer:
         self.store, self.churn = store, churn
         tls = msg.get("tls")
         if tls:
+            # Late: tlsca needs cryptography (the bench extra); ``discofilter demo`` shares this module
+            # from the base install and serves plain HTTP.
+            from discofilter.bench.tlsca import BenchCA
+
             ca = BenchCA(Path(tls["ca_file"]), Path(tls["cert_file"]), Path(tls["key_file"]))
             self.server_ssl, self.client_ssl = ca.server_context(), ca.client_context()
         self.runner, url = await serve(
