@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import statistics
+import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -292,7 +294,8 @@ def summarize(settings: BenchSettings, raw: Raw) -> JsonObj:
             * settings.workload.apps_per_namespace
             * settings.workload.pods_per_app,
         },
-        "run": {k: str(v) if isinstance(v, Path) else v for k, v in _fields(settings.run).items()},
+        "run": {k: str(v) if isinstance(v, Path) else v for k, v in _fields(settings.run).items()}
+        | {"command": shlex.join(["discofilter", *sys.argv[1:]])},
         "stream": {
             "events": events,
             "mesh_events": mesh_events,
