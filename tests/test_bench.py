@@ -110,7 +110,7 @@ def test_plots_are_png_files(quick: tuple[Path, dict[str, Any], str]) -> None:
 
 VERDICT = re.compile(
     r"verdict: discofilter \+ an istiod-like client through it cost (?P<net>\d+\.\d\d)x of the client "
-    r"alone at (?P<rate>[\d,]+) events/s over plain HTTP "
+    r"alone at (?P<rate>[\d,]+) events/s over TLS "
     r"\((?:saves (?P<saves>\d+)%|saves nothing: (?P<more>\d+)% more CPU than without it); "
     r"(?P<go>\d+\.\d\d)x against client-go's decode cost\); "
     r"(?P<met>\d+) of (?P<total>\d+) targets met; details: (?P<json>\S+), (?P<png>\S+)"
@@ -124,18 +124,100 @@ def test_the_first_line_is_a_verdict_that_agrees_with_results_json(
     first = stdout.splitlines()[0]
     m = VERDICT.fullmatch(first)
     assert m, first
-    net = r["net"]["discofilter"]
-    assert float(m["net"]) == pytest.approx(net["at_rate_measured"], abs=0.005)
-    assert float(m["go"]) == pytest.approx(net["at_rate_client_go_estimate"], abs=0.005)
-    if net["at_rate_measured"] < 1:
-        assert int(m["saves"]) == round((1 - net["at_rate_measured"]) * 100)
+    # The headline is the paced TLS run at --rate (200 events/s in the quick run too).
+    headline = paced_entry(r, 200.0)
+    net = headline["net"]["discofilter"]
+    assert float(m["net"]) == pytest.approx(net["measured"], abs=0.005)
+    assert float(m["go"]) == pytest.approx(net["client_go_estimate"], abs=0.005)
+    if net["measured"] < 1:
+        assert int(m["saves"]) == round((1 - net["measured"]) * 100)
     else:
-        assert int(m["more"]) == round((net["at_rate_measured"] - 1) * 100)
-    # The paced run's rate as the simulated API server achieved it (the quick run asks for 600/s).
-    assert int(m["rate"].replace(",", "")) == round(r["variants"]["discofilter"]["live_rate_achieved"])
+        assert int(m["more"]) == round((net["measured"] - 1) * 100)
+    # The rate the pump achieved for discofilter in that run, not the one asked for.
+    assert int(m["rate"].replace(",", "")) == round(headline["variants"]["discofilter"]["achieved_rate"])
+    assert r["verdict"]["transport"] == "TLS" and r["verdict"]["requested_rate"] == 200.0
     assert int(m["met"]) == sum(1 for t in r["targets"] if t["met"] is True)
-    assert int(m["total"]) == len(r["targets"]) == 12
+    # 10 targets as before, 2 against the bare reader, one NET per paced rate (two in --quick), 1 NET
+    # with exclusion.
+    assert int(m["total"]) == len(r["targets"]) == 10 + 2 + 2 + 1
     assert m["json"] == str(out / "results.json") and m["png"] == str(out / "*.png")
+
+
+def paced_entry(r: dict[str, Any], rate: float) -> dict[str, Any]:
+    entry: dict[str, Any] = next(e for e in r["paced"]["rates"] if e["rate"] == rate)
+    return entry
+
+
+PACED_VARIANTS = ("bare-tls-reader", "direct", "passthrough", "naive", "discofilter")
+
+
+def test_paced_runs_record_rates_near_the_requested_ones(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, r, stdout = quick
+    assert [e["rate"] for e in r["paced"]["rates"]] == [50.0, 200.0]
+    for entry in r["paced"]["rates"]:
+        for name in PACED_VARIANTS:
+            v = entry["variants"][name]
+            assert v["requested_rate"] == entry["rate"]
+            # Upstream events over the time from the schedule's start to the last end marker.
+            assert v["achieved_rate"] == pytest.approx(entry["rate"], rel=0.15), (name, v)
+            assert v["upstream_events"] == pytest.approx(entry["rate"] * r["paced"]["seconds"], rel=0.1)
+            assert v["cpu_us_per_upstream_event"] > 0
+        # Every variant got the same upstream events; discofilter and naive passed only the mesh's.
+        events = {entry["variants"][n]["upstream_events"] for n in PACED_VARIANTS}
+        assert len(events) == 1
+        assert entry["variants"]["direct"]["client_events"] == events.pop()
+        kept = entry["variants"]["discofilter"]["client_events"]
+        assert kept == entry["variants"]["naive"]["client_events"]
+        assert 4 <= kept < entry["variants"]["direct"]["client_events"]  # the four end markers at least
+        assert set(entry["net"]) >= {"passthrough", "naive", "discofilter"}
+    assert "Paced runs over TLS" in stdout
+
+
+def test_the_bare_tls_reader_is_the_floor_in_results(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, r, _ = quick
+    for entry in r["paced"]["rates"]:
+        bare = entry["variants"]["bare-tls-reader"]
+        # It read every byte the pump sent (the heads of four answers on top) and decoded nothing.
+        assert bare["client_bytes"] > bare["upstream_bytes"]
+        assert bare["proxy_cpu_s"] is None and bare["client_cpu_s"] > 0
+        assert bare["reads"] >= bare["upstream_events"]  # paced: at least one read per event
+        # Reading and dropping costs less than reading and decoding, on the same stream.
+        direct = entry["variants"]["direct"]
+        assert bare["cpu_us_per_upstream_event"] < direct["cpu_us_per_upstream_event"]
+        ratio = entry["proxy_cpu_vs_bare_reader"]["discofilter"]
+        assert ratio == pytest.approx(entry["variants"]["discofilter"]["proxy_cpu_s"] / bare["client_cpu_s"])
+
+
+def test_the_upstream_is_tls_with_the_runs_own_ca(quick: tuple[Path, dict[str, Any], str]) -> None:
+    out, r, _ = quick
+    up = r["paced"]["upstream"]
+    # What the bare reader's handshake negotiated with the pump; the proxies verified the same CA.
+    assert up["scheme"] == "https" and up["tls_version"] in ("TLSv1.2", "TLSv1.3") and up["cipher"]
+    for phase in ("saturation", "latency"):
+        kubeconfig = json.loads((out / f"{phase}.kubeconfig").read_text())
+        cluster = kubeconfig["clusters"][0]["cluster"]
+        assert cluster["server"].startswith("https://127.0.0.1:")
+        assert cluster["certificate-authority"] == str(out / "tls" / "ca.crt")
+    assert (out / "tls" / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_the_exclusion_variant_runs_only_where_the_build_offers_it(
+    quick: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, r, stdout = quick
+    help_text = subprocess.run(
+        [sys.executable, "-m", "discofilter", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    offered = "--server-side-exclusion" in help_text
+    excl = r["paced"]["exclusion"]
+    assert excl["available"] is offered
+    names = [t["target"] for t in r["targets"] if "with exclusion" in t["target"]]
+    assert len(names) == 2
+    for entry in r["paced"]["rates"]:
+        assert ("discofilter-exclusion" in entry["variants"]) is offered
+    if not offered:
+        assert "not available in this build" in excl["note"] and "not available in this build" in stdout
+        assert all(t["met"] is None for t in r["targets"] if "with exclusion" in t["target"])
 
 
 def test_results_path_and_cpu_model_are_on_stdout(quick: tuple[Path, dict[str, Any], str]) -> None:
@@ -308,6 +390,122 @@ async def test_paced_pump_sends_every_event_as_its_own_chunk() -> None:
             writer.close()
     finally:
         server.close()
+
+
+async def read_chunks(reader: asyncio.StreamReader, count: int) -> list[bytes]:
+    """``count`` HTTP chunks of a chunked answer whose head was read."""
+    chunks = []
+    for _ in range(count):
+        size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+        chunks.append((await reader.readexactly(size + 2))[:-2])
+    return chunks
+
+
+def pod_event(ns: str, rv: int) -> bytes:
+    return (
+        b'{"type":"MODIFIED","object":{"kind":"Pod","metadata":{"name":"p","namespace":"%s",'
+        b'"resourceVersion":"%d"}}}\n' % (ns.encode(), rv)
+    )
+
+
+async def test_the_bench_pump_speaks_tls_and_refuses_plain_http(tmp_path: Path) -> None:
+    """The saturation and paced upstream is TLS with the run's CA: a client verifying that CA reads the
+    stream; plain HTTP on the same port gets no HTTP answer."""
+    from discofilter.bench.pump import Recording, frame_chunks, serve_pump
+    from discofilter.bench.tlsca import make_ca
+
+    ca = make_ca(tmp_path)
+    lines = [pod_event("a", 8), pod_event("b", 9)]
+    server, url = await serve_pump(
+        Recording("7", {"/api/v1/pods": frame_chunks(lines)}, b"{}"), ca.server_context()
+    )
+    assert url.startswith("https://127.0.0.1:")
+    port = int(url.rsplit(":", 1)[1])
+    request = b"GET /api/v1/pods?watch=1&resourceVersion=7 HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        async with asyncio.timeout(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            answer = await reader.read(100)  # the TLS server answers garbage with an alert, or closes
+            assert not answer.startswith(b"HTTP/")
+            writer.close()
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ca.client_context(), server_hostname="127.0.0.1"
+            )
+            assert writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+            writer.write(request)
+            assert b"Transfer-Encoding: chunked" in await reader.readuntil(b"\r\n\r\n")
+            assert await read_chunks(reader, 2) == lines
+            writer.close()
+    finally:
+        server.close()
+
+
+async def test_the_pump_honours_namespace_exclusions_and_keeps_their_slots_in_a_paced_run() -> None:
+    """``metadata.namespace!=`` requirements leave the excluded events out; a paced schedule (benchRate,
+    benchSeconds, benchEpoch) still delivers each kept event at its own slot and the end marker last."""
+    import time
+
+    from discofilter.bench.pump import Recording, frame_chunks, serve_pump
+
+    lines = [pod_event("plain" if i % 2 else "mesh", 8 + i) for i in range(10)] + [pod_event("end", 99)]
+    server, url = await serve_pump(Recording("7", {"/api/v1/pods": frame_chunks(lines)}, b"{}"))
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        async with asyncio.timeout(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            epoch = time.time() + 0.1
+            writer.write(
+                b"GET /api/v1/pods?watch=1&resourceVersion=7&benchRate=20&benchSeconds=0.4&benchEpoch=%r"
+                b"&fieldSelector=status.phase%%21%%3DFailed,metadata.namespace%%21%%3Dplain HTTP/1.1\r\n"
+                b"Host: x\r\n\r\n" % epoch
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            got = []
+            for _ in range(5):
+                (chunk,) = await read_chunks(reader, 1)
+                got.append((chunk, time.time() - epoch))
+            writer.close()
+    finally:
+        server.close()
+    # 20/s for 0.4 s: 8 events, the last slot the end marker; of the first 7, the mesh ones (0, 2, 4, 6).
+    assert [c for c, _ in got] == [lines[0], lines[2], lines[4], lines[6], lines[-1]]
+    # Each at its slot (event i at i/20 s), not sooner: the excluded slots passed in silence.
+    for (_, at), slot in zip(got, (0.0, 0.1, 0.2, 0.3, 0.4), strict=True):
+        assert at >= slot - 0.01
+
+
+async def test_simapi_over_tls_sends_one_http_chunk_per_watch_event(tmp_path: Path) -> None:
+    """As kube-apiserver frames a watch (one flush per event): each event is one chunk, also over TLS."""
+    from discofilter.bench.tlsca import make_ca
+
+    ca = make_ca(tmp_path)
+    store = Store()
+    store.create("namespaces", {"metadata": {"name": "a"}})
+    runner, url = await serve(store, SimSettings(), ssl_context=ca.server_context())
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        async with asyncio.timeout(30):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ca.client_context(), server_hostname="127.0.0.1"
+            )
+            rv = store.resource_version
+            writer.write(
+                b"GET /api/v1/namespaces/a/pods?watch=1&resourceVersion=%d HTTP/1.1\r\nHost: x\r\n\r\n" % rv
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"Transfer-Encoding: chunked" in head
+            for i in range(3):
+                pod = {"metadata": {"name": f"p{i}"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+                store.create("pods", pod, namespace="a")
+            chunks = await read_chunks(reader, 3)
+            writer.close()
+    finally:
+        await runner.cleanup()
+    # Three chunks, each exactly one event and its newline.
+    events = [json.loads(c) for c in chunks]
+    assert [e["object"]["metadata"]["name"] for e in events] == ["p0", "p1", "p2"]
+    assert all(c.endswith(b"\n") and c.count(b"\n") == 1 for c in chunks)
 
 
 def processes_naming(path: Path) -> list[str]:

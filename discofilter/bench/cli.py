@@ -40,6 +40,8 @@ _RUN_FLAGS = {
     "flip_every": "flip_every",
     "client_decode": "decode",
     "core_seconds": "core_seconds",
+    "paced_rates": "paced_rates",
+    "paced_seconds": "paced_seconds",
 }
 
 
@@ -73,12 +75,25 @@ def add_bench_parser(sub: Any) -> None:
         "--loops", type=int, help=f"times the stream is played per saturation replay (default {r.loops})"
     )
     g.add_argument("--trials", type=int, help=f"saturation trials per variant (default {r.trials})")
-    g.add_argument("--rate", type=float, help=f"events/s of the latency runs (default {r.rate:g})")
+    g.add_argument(
+        "--rate",
+        type=float,
+        help=f"events/s of the latency runs, and the paced rate of the verdict (default {r.rate:g})",
+    )
     g.add_argument(
         "--churn",
         type=float,
         help=f"pods created and deleted per second in the latency runs, instead of --rate "
         f"({EVENTS_PER_POD_LIFE} events per pod life)",
+    )
+    g.add_argument(
+        "--paced-rates",
+        type=_rates,
+        help="comma-separated events/s of the paced TLS runs (default "
+        f"{','.join(f'{x:g}' for x in r.paced_rates)}; --rate is always among them)",
+    )
+    g.add_argument(
+        "--paced-seconds", type=float, help=f"length of each paced run (default {r.paced_seconds:g})"
     )
     g.add_argument(
         "--latency-seconds", type=float, help=f"length of each latency run (default {r.latency_seconds:g})"
@@ -100,6 +115,13 @@ def add_bench_parser(sub: Any) -> None:
     g.add_argument("--cluster-namespace", help="base name of the scratch namespaces (must not exist)")
     g.add_argument("--cluster-seconds", type=float, help="how long to churn the real cluster (default 30)")
     g.add_argument("--cluster-pods-per-s", type=float, help="pods created and deleted per second (default 5)")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -156,7 +178,7 @@ def _prepare_out(out: Path) -> None:
 def check_bench_extra() -> None:
     """The benchmark's own dependencies are the ``bench`` extra; say so instead of a traceback."""
     missing = []
-    for module in ("psutil", "matplotlib"):
+    for module in ("psutil", "matplotlib", "cryptography"):
         try:
             __import__(module)
         except ImportError:

@@ -12,6 +12,12 @@ Commands:
   type and resourceVersion (framing and a regex, so the proxy is what saturates), ``json`` decodes it
   with the standard library (the istiod model, see below), ``orjson`` with orjson (a lower bound), and
   ``drain`` does not even frame: it drops the bytes as they come (aiohttp's receive path alone).
+- ``replay`` with ``paced``: the same, but the pump sends each watch's events one per write on a
+  schedule (``benchRate``, ``benchSeconds``, ``benchEpoch``, see ``pump.py``): the CPU is taken from the
+  schedule's start (connections and TLS handshakes are done by then) to the last end marker.
+- ``bare``: the floor of receiving an event in Python. A plain ``asyncio.Protocol`` on uvloop opens the
+  same four paced TLS watches, sends the request line and drops every byte it receives (no HTTP parser,
+  no framing) until the expected bytes are in: the cost of a wakeup, a TLS record decryption and a read.
 - ``live_start`` / ``live_stop``: informers (LIST, then WATCH from the list's resourceVersion; on a 410
   ERROR, back off and relist, as client-go's reflector does) that record when each event arrived, for the
   latency runs.
@@ -28,13 +34,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
+import ssl
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -91,9 +100,15 @@ def decode_orjson(line: bytes) -> tuple[str, int]:
 DECODERS: Final[dict[str, Decoder]] = {"none": scan, "json": decode_json, "orjson": decode_orjson}
 
 
-def _session() -> aiohttp.ClientSession:
+@functools.cache
+def ssl_context(ca_file: str | None) -> ssl.SSLContext | bool:
+    """Verification against the run's CA (a kubeconfig's ``certificate-authority``), or the default."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
+
+
+def _session(ca_file: str | None = None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=64),
+        connector=aiohttp.TCPConnector(limit=64, ssl=ssl_context(ca_file)),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
         read_bufsize=READ_BUFFER,
         headers={"Accept": "application/json"},
@@ -114,6 +129,7 @@ class StreamStats:
     errors: int = 0
     bytes: int = 0
     decode_s: float = 0.0
+    done_t: float = 0.0
 
     def as_dict(self) -> JsonObj:
         return {
@@ -143,11 +159,14 @@ async def _watch_until(
     decode: str,
     loops: int,
     expect_bytes: int,
+    paced: JsonObj | None = None,
 ) -> StreamStats:
     """Watch until the stream's end marker has arrived ``loops`` times (the pump can loop its recording;
     resourceVersions then start over, which no proxy here looks at)."""
     stats = StreamStats()
     url = watch_url(base, resource, start_rv) + (f"&benchLoops={loops}" if loops > 1 else "")
+    if paced is not None:
+        url += paced_query(paced, resource)
     async with session.get(url) as resp:
         if resp.status != 200:
             raise BenchError(f"watch {resource}: HTTP {resp.status}: {(await resp.text())[:200]}")
@@ -180,7 +199,23 @@ async def _watch_until(
                 if rv == marker:
                     seen += 1
                     if seen == loops:
+                        stats.done_t = time.time()
                         return stats
+
+
+def paced_query(paced: JsonObj, resource: str) -> str:
+    """The pump's pacing parameters for one watch: its share of the rate, the run's length and clock."""
+    rate = float(paced["rates"][resource])
+    return (
+        f"&benchRate={rate!r}&benchSeconds={float(paced['seconds'])!r}&benchEpoch={float(paced['epoch'])!r}"
+    )
+
+
+async def _from_epoch(epoch: float | None) -> tuple[float, float]:
+    """(CPU, perf_counter) at ``epoch`` (``time.time()``): a paced run is timed from its schedule's start."""
+    if epoch is not None:
+        await asyncio.sleep(max(0.0, epoch - time.time()))
+    return time.process_time(), time.perf_counter()
 
 
 async def replay(msg: JsonObj) -> JsonObj:
@@ -188,29 +223,120 @@ async def replay(msg: JsonObj) -> JsonObj:
     base, start_rv, markers = str(msg["url"]), int(msg["start_rv"]), msg["markers"]
     decode, loops = str(msg.get("decode", "none")), int(msg.get("loops", 1))
     expect = msg.get("expect_bytes") or {}
+    paced: JsonObj | None = msg.get("paced")
     if decode not in (*DECODERS, "drain"):
         raise BenchError(f"unknown decode model {decode!r}")
-    async with _session() as session:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        results = await asyncio.gather(
+    async with _session(msg.get("ca")) as session:
+        start = asyncio.ensure_future(_from_epoch(float(paced["epoch"]) if paced else None))
+        await asyncio.sleep(0)  # the clock starts now unless there is an epoch to wait for
+        watches = asyncio.gather(
             *(
                 _watch_until(
-                    session, base, r, start_rv, int(markers[r]), decode, loops, int(expect.get(r, 0))
+                    session, base, r, start_rv, int(markers[r]), decode, loops, int(expect.get(r, 0)), paced
                 )
                 for r in WATCHED
             )
         )
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        try:
+            results = await watches
+        finally:
+            start.cancel()
+        cpu, t = time.process_time(), time.perf_counter()
+        cpu0, t0 = start.result()
+        wall, cpu = t - t0, cpu - cpu0
     per = {r: s.as_dict() for r, s in zip(WATCHED, results, strict=True)}
     return {
         "wall_s": wall,
         "cpu_s": cpu,
+        "done_t": max(s.done_t for s in results),
         "events": sum(s.events for s in results),
         "bookmarks": sum(s.bookmarks for s in results),
         "bytes": sum(s.bytes for s in results),
         "decode_s": sum(s.decode_s for s in results),
         "per_resource": per,
     }
+
+
+class _BareReader(asyncio.Protocol):
+    """Reads one watch answer and drops it: counts bytes until the head and ``expect`` body bytes are in."""
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        self.head = -1
+        self.received = 0
+        self.reads = 0
+        self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.tls: str | None = None
+        self.cipher: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        obj = transport.get_extra_info("ssl_object")
+        if obj is not None:
+            self.tls, cipher = obj.version(), obj.cipher()
+            self.cipher = cipher[0] if cipher else None
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.reads += 1
+        if self.head < 0:
+            end = data.find(b"\r\n\r\n")  # the head comes in the first read: a few hundred bytes
+            self.head = end + 4 if end >= 0 else len(data)
+        if self.received >= self.head + self.expect and not self.done.done():
+            self.done.set_result(time.time())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(BenchError(f"bare reader: connection lost after {self.received} bytes"))
+
+
+def _same(reader: _BareReader) -> _BareReader:
+    return reader
+
+
+async def bare(msg: JsonObj) -> JsonObj:
+    """The bare TLS reader: the four paced watches, read and dropped (see the module's docstring).
+
+    ``expect_bytes``: per resource, the chunk-framed body the pump sends (``pump.paced_count`` events)."""
+    base, start_rv, paced = str(msg["url"]), int(msg["start_rv"]), msg["paced"]
+    split = urlsplit(base)
+    host, port = split.hostname or "127.0.0.1", int(split.port or 443)
+    tls: ssl.SSLContext | None = None
+    if split.scheme == "https":
+        ctx = ssl_context(msg.get("ca"))
+        tls = ctx if isinstance(ctx, ssl.SSLContext) else ssl.create_default_context()
+    loop = asyncio.get_running_loop()
+    readers: list[_BareReader] = []
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        for resource in WATCHED:
+            reader = _BareReader(int(msg["expect_bytes"][resource]))
+            tr, _ = await loop.create_connection(functools.partial(_same, reader), host, port, ssl=tls)
+            transports.append(tr)
+            readers.append(reader)
+            target = urlsplit(watch_url(base, resource, start_rv) + paced_query(paced, resource))
+            cast(asyncio.WriteTransport, tr).write(
+                f"GET {target.path}?{target.query} HTTP/1.1\r\nHost: {split.netloc}\r\n"
+                "Accept: application/json\r\nUser-Agent: discofilter-bench-bare\r\n\r\n".encode()
+            )
+        cpu0, t0 = await _from_epoch(float(paced["epoch"]))
+        done = await asyncio.wait_for(asyncio.gather(*(r.done for r in readers)), _BARE_TIMEOUT)
+        cpu, t = time.process_time() - cpu0, time.perf_counter() - t0
+    finally:
+        for transport in transports:
+            transport.close()
+    return {
+        "wall_s": t,
+        "cpu_s": cpu,
+        "done_t": max(done),
+        "bytes": sum(r.received for r in readers),
+        "reads": sum(r.reads for r in readers),
+        "tls_version": readers[0].tls if readers else None,
+        "cipher": readers[0].cipher if readers else None,
+        "scheme": split.scheme,
+    }
+
+
+_BARE_TIMEOUT: Final = 600.0
 
 
 @dataclass(slots=True)
@@ -293,7 +419,7 @@ class Live:
         self.cpu0 = 0.0
 
     async def start(self, msg: JsonObj) -> JsonObj:
-        self.session = _session()
+        self.session = _session(msg.get("ca"))
         self.informers = [Informer(self.session, str(msg["url"]), r) for r in WATCHED]
         self.cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -345,7 +471,7 @@ class Live:
 
 async def main() -> None:
     live = Live()
-    await serve_commands({"replay": replay, "live_start": live.start, "live_stop": live.stop})
+    await serve_commands({"replay": replay, "bare": bare, "live_start": live.start, "live_stop": live.stop})
 
 
 if __name__ == "__main__":

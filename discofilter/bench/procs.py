@@ -153,6 +153,19 @@ class Proc:
         times = self.ps.cpu_times()
         return float(times.user + times.system)
 
+    def cpu_seconds_precise(self) -> float:
+        """User + system CPU time so far, to the nanosecond where Linux gives it: the sum of the
+        process's threads' ``/proc/PID/task/TID/schedstat`` run times. psutil's figure moves in clock
+        ticks (10 ms), as much as a paced run at 50 events/s costs a proxy in a second. Threads that
+        have ended are not counted (the proxies' work is on their main thread); elsewhere, psutil's."""
+        try:
+            total = 0
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return self.cpu_seconds()
+        return total / 1e9
+
     def sample_rss(self) -> None:
         import psutil
 
@@ -235,13 +248,19 @@ class Worker(Proc):
         return reply
 
 
-def write_kubeconfig(path: Path, server: str, *, token: str | None = None) -> Path:
+def write_kubeconfig(
+    path: Path, server: str, *, token: str | None = None, ca_file: Path | None = None
+) -> Path:
     """A kubeconfig for the simulated API server: without credentials (authentication is off there), or
-    with a bearer ``token``. JSON is YAML, so no YAML library is needed."""
+    with a bearer ``token``; for an ``https://`` server, its CA in ``certificate-authority``, as a
+    cluster's kubeconfig has it. JSON is YAML, so no YAML library is needed."""
+    cluster: dict[str, str] = {"server": server}
+    if ca_file is not None:
+        cluster["certificate-authority"] = str(ca_file)
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "simapi", "cluster": {"server": server}}],
+        "clusters": [{"name": "simapi", "cluster": cluster}],
         "users": [{"name": "bench", "user": {"token": token} if token else {}}],
         "contexts": [{"name": "simapi", "context": {"cluster": "simapi", "user": "bench"}}],
         "current-context": "simapi",

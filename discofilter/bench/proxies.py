@@ -1,6 +1,8 @@
 """The two reference proxies discofilter is compared with, each in its own process.
 
-``python -m discofilter.bench.proxies passthrough|naive --upstream URL [--selector SEL]...`` prints
+``python -m discofilter.bench.proxies passthrough|naive --upstream URL [--ca FILE] [--selector SEL]...``
+(``--ca``: the CA that signed an ``https://`` upstream's certificate, as a kubeconfig's
+``certificate-authority``) prints
 ``{"port": N}`` on stdout once it listens on 127.0.0.1, then serves until SIGTERM or stdin closes.
 
 - ``passthrough``: the floor of any aiohttp proxy. Every request is forwarded and every answer relayed
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
@@ -48,13 +51,14 @@ _ALWAYS: Final = frozenset({"BOOKMARK", "ERROR"})
 class Relay:
     """The pass-through proxy; ``Naive`` overrides the filtered reads."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, ca_file: str | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256),
+            connector=aiohttp.TCPConnector(limit=256, ssl=self.ssl),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -105,8 +109,8 @@ class Relay:
 
 
 class Naive(Relay):
-    def __init__(self, upstream: str, selectors: SelectorSet) -> None:
-        super().__init__(upstream)
+    def __init__(self, upstream: str, selectors: SelectorSet, ca_file: str | None = None) -> None:
+        super().__init__(upstream, ca_file)
         self.selectors = selectors
         self.members: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -237,6 +241,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["passthrough", "naive"])
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--selector", action="append", default=[])
+    parser.add_argument("--ca", help="CA file that signed an https:// upstream's certificate")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     selectors = (
@@ -244,7 +249,11 @@ def main() -> None:
         if args.selector
         else DEFAULT_MESH_SELECTORS
     )
-    relay = Relay(args.upstream) if args.kind == "passthrough" else Naive(args.upstream, selectors)
+    relay = (
+        Relay(args.upstream, args.ca)
+        if args.kind == "passthrough"
+        else Naive(args.upstream, selectors, args.ca)
+    )
     uvloop.run(_serve(relay))
 
 

@@ -10,10 +10,22 @@ event, written in large slices so the pump costs next to nothing.
 It is a minimal HTTP/1.1 server (asyncio ``Protocol``, no aiohttp) that answers only what the proxies
 and clients ask during saturation:
 
-- ``GET {pods,services,endpoints,endpointslices}?watch=1&resourceVersion=START``: the recorded stream
-  (``benchLoops`` times over with that extra query parameter, for trials long enough to time; with
-  ``benchRate`` one event per write at that many events/s), then the
-  connection stays open as a watch does, until ``timeoutSeconds`` or the client goes;
+- ``GET {pods,services,endpoints,endpointslices}?watch=1&resourceVersion=RV``: the recorded stream
+  after ``RV`` (the stream's start, or any resourceVersion in it), then the connection stays open as a
+  watch does, until ``timeoutSeconds`` or the client goes. Extra query parameters:
+
+  - ``benchLoops=N``: the stream N times over (trials long enough to time);
+  - ``benchRate=R``: paced, one event per write (one HTTP chunk, one TLS record batch) at R events/s on
+    this watch: the moderate-rate case, where every read carries one event and the per-wakeup cost shows;
+  - ``benchSeconds=S`` (with ``benchRate``): only the first ~R*S events of the recording, then its last
+    event (the stream's end marker) at S seconds, so a paced run has a known length and a known end;
+  - ``benchEpoch=T`` (with ``benchRate``): the schedule starts at ``time.time() == T`` instead of when
+    the request arrived, so the four watches of a client (and a proxy's reopened ones) share one clock;
+  - ``fieldSelector``: its ``metadata.namespace!=NS`` requirements are honoured (the events of NS are
+    never sent, and a paced schedule skips their slots, as an API server that never sends them), as
+    kube-apiserver does in its watch cache (REFERENCE.md). Other requirements are not checked: the
+    recording was made with the clients' own selectors (``status.phase!=Failed`` for pods), and simapi,
+    not the pump, answers the real 400 for a field it does not support.
 - ``GET /api/v1/namespaces`` (discofilter's and the naive proxy's membership): the recorded list; with
   ``watch`` a silent watch (membership does not change during saturation);
 - anything else: a 404 ``Status``.
@@ -26,7 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import re
+import ssl
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Final, cast
@@ -45,6 +60,13 @@ _NOT_FOUND: Final = (
 )
 
 
+_NAMESPACE: Final = re.compile(rb'"namespace":"([^"]*)"')
+_RV: Final = re.compile(rb'"resourceVersion":"([0-9]+)"')
+_HEAD: Final = 4096
+"""An event's metadata (namespace, resourceVersion) comes before anything large in it."""
+_EXCLUDE: Final = "metadata.namespace!="
+
+
 def frame_chunks(lines: list[bytes]) -> bytes:
     """HTTP/1.1 chunked framing, one chunk per event line."""
     return b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
@@ -58,9 +80,52 @@ class Recording:
     namespace_list: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """One recorded event: where its chunk lies in the framed stream, its resourceVersion and namespace."""
+
+    start: int
+    end: int
+    rv: int
+    namespace: str
+
+
+def _index(body: bytes) -> tuple[_Event, ...]:
+    out = []
+    view = memoryview(body)
+    for offset in _event_slices(view):
+        end = _chunk_end(view, offset)
+        head = body[offset : min(end, offset + _HEAD)]
+        ns, rv = _NAMESPACE.search(head), _RV.search(head)
+        out.append(_Event(offset, end, int(rv[1]) if rv else 0, ns[1].decode() if ns else ""))
+    return tuple(out)
+
+
+def paced_count(available: int, rate: float, seconds: float) -> int:
+    """Events a paced watch of ``available`` recorded events sends in ``seconds`` at ``rate``: about
+    rate*seconds, the end marker (the recording's last event) included, at least the marker alone."""
+    return max(1, min(available, round(rate * seconds)))
+
+
+def paced_plan(body: bytes, rate: float, seconds: float) -> tuple[int, int]:
+    """(events, chunk-framed bytes) a paced watch of the recorded ``body`` sends (nothing excluded)."""
+    events = _index(body)
+    count = paced_count(len(events), rate, seconds)
+    chosen = [*events[: count - 1], events[-1]]
+    return count, sum(e.end - e.start for e in chosen)
+
+
+def excluded_namespaces(field_selector: str) -> frozenset[str]:
+    """The namespaces a field selector's ``metadata.namespace!=NS`` requirements exclude."""
+    return frozenset(
+        req[len(_EXCLUDE) :] for req in field_selector.split(",") if req.strip().startswith(_EXCLUDE)
+    )
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self, recording: Recording) -> None:
+    def __init__(self, recording: Recording, index: Mapping[str, Sequence[_Event]]) -> None:
         self.recording = recording
+        self.index = index
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.busy = False
@@ -115,41 +180,81 @@ class _Connection(asyncio.Protocol):
         elif path == "/api/v1/namespaces" and not watch:
             self._send("200 OK", self.recording.namespace_list)
         elif path == "/api/v1/namespaces":
-            self._stream(b"", timeout)
-        elif watch and path in self.recording.streams and q.get("resourceVersion") == self.recording.start_rv:
-            loops = int(q["benchLoops"]) if q.get("benchLoops", "").isdigit() else 1
-            rate = float(q.get("benchRate") or 0)
-            self._stream(self.recording.streams[path], timeout, loops, rate)
+            self._stream(memoryview(b""), timeout)
+        elif watch and path in self.recording.streams and self._known_rv(q.get("resourceVersion", "")):
+            self._watch(path, q, timeout)
         else:
             self._send("404 Not Found", _NOT_FOUND)
 
-    def _stream(self, body: bytes, timeout: float, loops: int = 1, rate: float = 0.0) -> None:
+    def _known_rv(self, rv: str) -> bool:
+        return rv == self.recording.start_rv or (rv.isdigit() and int(rv) > int(self.recording.start_rv))
+
+    def _watch(self, path: str, q: Mapping[str, str], timeout: float) -> None:
+        body = self.recording.streams[path]
+        excluded = excluded_namespaces(q.get("fieldSelector", ""))
+        after = int(q["resourceVersion"])
+        events = self.index[path]
+        if excluded or q["resourceVersion"] != self.recording.start_rv:
+            keep = [e.rv > after and e.namespace not in excluded for e in events]
+        else:
+            keep = [True] * len(events)
+        rate = float(q.get("benchRate") or 0)
+        if rate <= 0:
+            loops = int(q["benchLoops"]) if q.get("benchLoops", "").isdigit() else 1
+            if not all(keep):
+                body = b"".join(body[e.start : e.end] for e, k in zip(events, keep, strict=True) if k)
+            plan: list[tuple[float, int, int]] = [(0.0, 0, len(body))]
+            self._stream(memoryview(body), timeout, plan, loops)
+            return
+        # Paced: event i of the recording at i/rate s from the start, the marker (last event) at
+        # benchSeconds; an excluded event's slot passes in silence, as the API server never sends it.
+        seconds = float(q.get("benchSeconds") or 0)
+        count = paced_count(len(events), rate, seconds) if seconds > 0 else len(events)
+        order = [*range(count - 1), len(events) - 1]
+        due = [i / rate for i in range(count - 1)] + [seconds if seconds > 0 else (count - 1) / rate]
+        plan = [(d, events[i].start, events[i].end) for d, i in zip(due, order, strict=True) if keep[i]]
+        epoch = float(q.get("benchEpoch") or 0) or time.time()
+        self._stream(memoryview(self.recording.streams[path]), timeout, plan, 1, epoch)
+
+    def _stream(
+        self,
+        body: memoryview,
+        timeout: float,
+        plan: Sequence[tuple[float, int, int]] = (),
+        loops: int = 1,
+        epoch: float | None = None,
+    ) -> None:
         assert self.transport is not None
         self.busy = True
         headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
         self.transport.write(self._head("200 OK", headers))
-        self.task = asyncio.create_task(self._pump(memoryview(body), timeout, loops, rate))
+        self.task = asyncio.create_task(self._pump(body, timeout, plan, loops, epoch))
 
-    async def _pump(self, body: memoryview, timeout: float, loops: int, rate: float) -> None:
+    async def _pump(
+        self,
+        body: memoryview,
+        timeout: float,
+        plan: Sequence[tuple[float, int, int]],
+        loops: int,
+        epoch: float | None,
+    ) -> None:
+        """Write ``plan``'s slices of ``body``: at the speed of the kernel in large slices (``epoch``
+        None), or each at its due time, seconds after ``epoch`` (``time.time()``)."""
         transport = self.transport
         assert transport is not None
-        slices = _event_slices(body) if rate > 0 else range(0, len(body), _WRITE_SLICE)
-        step = _WRITE_SLICE
-        t0, n = asyncio.get_running_loop().time(), 0
+        loop = asyncio.get_running_loop()
+        t0 = None if epoch is None else loop.time() + (epoch - time.time())
         for _ in range(loops):
-            for offset in slices:
-                await self.can_write.wait()
-                if self.closed.is_set():
-                    return
-                if rate > 0:
-                    # One event per write at a steady rate (benchRate): the moderate-rate case, where
-                    # every read carries one event and the per-wakeup cost shows.
-                    n += 1
-                    delay = t0 + n / rate - asyncio.get_running_loop().time()
+            for due, start, end in plan:
+                if t0 is not None:
+                    delay = t0 + due - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    step = _chunk_end(body, offset) - offset
-                transport.write(body[offset : offset + step])
+                for offset in range(start, end, _WRITE_SLICE):
+                    await self.can_write.wait()
+                    if self.closed.is_set():
+                        return
+                    transport.write(body[offset : min(end, offset + _WRITE_SLICE)])
         # Then nothing more, as a watch at the head of history: open until its timeout or the client goes.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.closed.wait(), timeout)
@@ -158,14 +263,14 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
 
-def _chunk_end(body: memoryview, offset: int) -> int:
+def _chunk_end(body: memoryview | bytes, offset: int) -> int:
     """Where the HTTP chunk starting at ``offset`` ends (after its trailing CRLF)."""
     head_end = bytes(body[offset : offset + 20]).index(b"\r\n")
     size = int(bytes(body[offset : offset + head_end]), 16)
     return offset + head_end + 2 + size + 2
 
 
-def _event_slices(body: memoryview) -> list[int]:
+def _event_slices(body: memoryview | bytes) -> list[int]:
     offsets, offset = [], 0
     while offset < len(body):
         offsets.append(offset)
@@ -173,9 +278,13 @@ def _event_slices(body: memoryview) -> list[int]:
     return offsets
 
 
-async def serve_pump(recording: Recording) -> tuple[asyncio.Server, str]:
-    """Listen on 127.0.0.1 (a free port); returns the server and its URL."""
+async def serve_pump(
+    recording: Recording, ssl_context: ssl.SSLContext | None = None
+) -> tuple[asyncio.Server, str]:
+    """Listen on 127.0.0.1 (a free port), over TLS with ``ssl_context``; returns the server and its URL."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(recording), "127.0.0.1", 0)
+    index = {path: _index(body) for path, body in recording.streams.items()}
+    server = await loop.create_server(lambda: _Connection(recording, index), "127.0.0.1", 0, ssl=ssl_context)
     port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}"
+    scheme = "https" if ssl_context is not None else "http"
+    return server, f"{scheme}://127.0.0.1:{port}"

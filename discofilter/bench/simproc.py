@@ -2,7 +2,8 @@
 
 ``python -m discofilter.bench.simproc`` answers JSON-lines commands (see ``procs.py``):
 
-- ``setup``: build the initial cluster (namespaces, apps, Running pods) and serve it on 127.0.0.1.
+- ``setup``: build the initial cluster (namespaces, apps, Running pods) and serve it on 127.0.0.1, over
+  TLS when given the run's CA files (``tlsca.py``), as every real API server is reached.
 - ``prefill``: write N churn events as fast as possible, then the end markers.
 - ``record``: watch simapi from before those events and record its answers byte for byte; serve them
   from the replay pump (``pump.py``) for the saturation runs: the same bytes for every variant, at a
@@ -23,7 +24,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,7 +35,7 @@ from aiohttp import web
 
 from discofilter.bench.client import PATHS, scan, watch_url
 from discofilter.bench.procs import BenchError, JsonObj, serve_commands
-from discofilter.bench.pump import Recording, frame_chunks, serve_pump
+from discofilter.bench.pump import Recording, frame_chunks, paced_plan, serve_pump
 from discofilter.bench.workload import WATCHED, Churn, WorkloadSettings, Write
 from discofilter.core.framing import LineFramer
 from discofilter.simapi import SimSettings, Store, serve
@@ -61,6 +64,9 @@ class SimServer:
         self.runner: web.AppRunner | None = None
         self.url: str | None = None
         self.pump: asyncio.Server | None = None
+        self.recording: Recording | None = None
+        self.server_ssl: ssl.SSLContext | None = None
+        self.client_ssl: ssl.SSLContext | None = None
 
     def _parts(self) -> tuple[Store, Churn]:
         if self.store is None or self.churn is None:
@@ -71,7 +77,17 @@ class SimServer:
         workload = WorkloadSettings(**msg["workload"])
         store, churn, initial = seeded_store(workload, history_window=int(msg["history_window"]))
         self.store, self.churn = store, churn
-        self.runner, url = await serve(store, SimSettings(), host="127.0.0.1", port=0)
+        tls = msg.get("tls")
+        if tls:
+            # Late: tlsca needs cryptography (the bench extra); ``discofilter demo`` shares this module
+            # from the base install and serves plain HTTP.
+            from discofilter.bench.tlsca import BenchCA
+
+            ca = BenchCA(Path(tls["ca_file"]), Path(tls["cert_file"]), Path(tls["key_file"]))
+            self.server_ssl, self.client_ssl = ca.server_context(), ca.client_context()
+        self.runner, url = await serve(
+            store, SimSettings(), host="127.0.0.1", port=0, ssl_context=self.server_ssl
+        )
         self.url = url
         log.info("simapi on %s: %s", url, {r: len(v) for r, v in initial.items()})
         return {
@@ -117,8 +133,12 @@ class SimServer:
         start, markers = int(msg["start_rv"]), msg["markers"]
         streams: dict[str, bytes] = {}
         sizes: dict[str, int] = {}
+        counts: dict[str, int] = {}
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        async with aiohttp.ClientSession(headers=headers, auto_decompress=False) as session:
+        connector = aiohttp.TCPConnector(ssl=self.client_ssl if self.client_ssl is not None else True)
+        async with aiohttp.ClientSession(
+            headers=headers, auto_decompress=False, connector=connector
+        ) as session:
             for resource in WATCHED:
                 lines: list[bytes] = []
                 async with session.get(watch_url(self.url, resource, start)) as resp:
@@ -130,6 +150,7 @@ class SimServer:
                         lines += framer.feed(chunk)
                 streams[PATHS[resource]] = frame_chunks(lines)
                 sizes[resource] = sum(len(x) for x in lines)
+                counts[resource] = len(lines)
             # The namespace list as of the stream's start: a client's resume point must not predate the
             # membership a proxy syncs to (discofilter answers 410 otherwise, rightly).
             exact = f"{self.url}/api/v1/namespaces?resourceVersion={start}&resourceVersionMatch=Exact"
@@ -137,8 +158,22 @@ class SimServer:
                 namespace_list = await resp.read()
                 if resp.status != 200:
                     raise BenchError(f"namespace list at {start}: HTTP {resp.status}")
-        self.pump, pump_url = await serve_pump(Recording(str(start), streams, namespace_list))
-        return {"url": pump_url, "bytes": sizes}
+        recording = self.recording = Recording(str(start), streams, namespace_list)
+        self.pump, pump_url = await serve_pump(recording, self.server_ssl)
+        # ``events``: per resource, the recording's events (its end marker included), what a paced run
+        # draws on.
+        return {"url": pump_url, "bytes": sizes, "events": counts}
+
+    async def paced(self, msg: JsonObj) -> JsonObj:
+        """Per resource, what a paced watch of the recording sends at ``rates[resource]`` for ``seconds``:
+        its events (the end marker included) and chunk-framed bytes."""
+        if self.recording is None:
+            raise BenchError("record first")
+        seconds, out = float(msg["seconds"]), {}
+        for resource, rate in msg["rates"].items():
+            events, size = paced_plan(self.recording.streams[PATHS[resource]], float(rate), seconds)
+            out[resource] = {"events": events, "bytes": size}
+        return out
 
     async def live(self, msg: JsonObj) -> JsonObj:
         """Churn at ``rate`` events/s for ``seconds``; namespace label flips from ``flip_after`` s on."""
@@ -207,6 +242,7 @@ async def main() -> None:
                 "prefill": server.prefill,
                 "record": server.record,
                 "live": server.live,
+                "paced": server.paced,
                 "state": server.state,
             }
         )
