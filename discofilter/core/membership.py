@@ -170,9 +170,10 @@ class Membership:
         stamp = rv if rv is not None else self.last_rv
         for name in old.keys() - labels.keys():
             self._departed(name, stamp)
-        for name in labels.keys() - old.keys():
+        reborn = {name for name in labels.keys() - old.keys() if self._reborn_other(name, labels[name])}
+        for name in labels.keys() - old.keys() - reborn:
             self._arrived(name)
-        return self._recompute(rv, names=old.keys() & labels.keys())
+        return self._recompute(rv, names=(old.keys() & labels.keys()) | reborn)
 
     def apply(self, event_type: str, obj: Mapping[str, object]) -> frozenset[str]:
         """Take one namespace WATCH event. Returns the namespaces whose membership changed.
@@ -200,7 +201,7 @@ class Membership:
                 self._departed(name, rv if rv is not None else self.last_rv)
             self._note_rv(rv)
             return frozenset()
-        if name not in self._labels:
+        if name not in self._labels and not self._reborn_other(name, lab):
             self._labels[name] = lab
             self._arrived(name)
             self._note_rv(rv)
@@ -218,6 +219,8 @@ class Membership:
         if at is None:
             return False  # without the LIST's RV, the namespace watch's older events could not be told apart
         _, lab = _name_and_labels(obj)
+        if self._reborn_other(name, lab):
+            return False  # a flip: the namespace watch's ADDED must make it, so watches end (apply)
         self.revision += 1
         self._labels[name] = lab
         self._known_at[name] = at
@@ -248,6 +251,21 @@ class Membership:
                 return None
             return namespace in self._members
         return None
+
+    def _reborn_other(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Is ``name`` a namespace created again, with the other membership than its tombstone's?
+
+        Then it is a flip after all: until the namespace watch showed the deletion, events of the new
+        namespace (RV above the deletion) were decided by the old one's labels, as if it still lived,
+        and nothing tells whether a stream met one. Created again with the same membership, every such
+        decision was the right one.
+        """
+        tomb = self.tombstones.get(name)
+        if tomb is None or name == self.always_kept or tomb.member == self.selectors.matches(labels):
+            return False
+        if tomb.member:  # the baseline _recompute compares against: what the old one's events were
+            self._members.add(name)
+        return True
 
     def _note_rv(self, rv: int | None) -> None:
         if rv is not None and (self.last_rv is None or rv > self.last_rv):
