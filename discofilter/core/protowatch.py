@@ -332,7 +332,8 @@ class ProtoWatchFilter:
         limit = self.max_frame_bytes
         fast = self._use_fast
         seen = self._decisions()
-        while n - pos >= _PREFIX and not self._stopped():
+        stopped = self._stopped()  # _complete may have stopped at the frame it finished
+        while not stopped and n - pos >= _PREFIX:
             length = _U32(data, pos)[0]
             if length > limit:
                 self._too_large(length)
@@ -355,6 +356,7 @@ class ProtoWatchFilter:
                     self.blocked = blocked
                     self._held = data[pos:]
                     pos = n
+                    stopped = True
                     break
             if keep:
                 # Slicing copies the kept frame once; a chunk that is exactly one frame is passed on as is.
@@ -362,7 +364,7 @@ class ProtoWatchFilter:
             else:
                 self.events_dropped += 1
             pos = end
-        if self._stopped():
+        if stopped:
             self._held += data[pos:]
         elif pos < n:
             self._hold(data if pos == 0 else data[pos:])

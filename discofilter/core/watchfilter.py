@@ -266,7 +266,6 @@ class WatchFilter:
         if not self._use_fast:
             return self._feed_spans_slow(data, spans)
         members = self._members
-        undecided = self._decider.undecided if self._decider is not None else None
         framer = self._framer
         limit = framer.max_line_bytes
         match = _FAST.match
@@ -312,7 +311,8 @@ class WatchFilter:
                             except UnicodeDecodeError:
                                 pass
                             else:
-                                if undecided is None or not undecided(name):
+                                decider = self._decider
+                                if decider is None or not decider.undecided(name):
                                     keep = name in members
                                     if len(seen) < NamespaceDecisions.MAX:
                                         seen[key] = keep
@@ -339,19 +339,19 @@ class WatchFilter:
                             last = -1
                         if self._stopped():
                             self._hold_spans(data, spans, i, end)
-                            start = stop
-                            break
+                            break  # no run is open: it was added to pieces above
                     else:
                         events += 1
                         dropped += 1
                 start = end
                 nl = find(b"\n", start, stop)
-            if run >= 0:
-                pieces.append(view[run:start])
-            if self._stopped():
-                break
-            if start < stop:
-                framer.hold(view[start:stop])
+            else:  # no break: the span was decided to its end
+                if run >= 0:
+                    pieces.append(view[run:start])
+                if start < stop:
+                    framer.hold(view[start:stop])
+                continue
+            break  # the slow path stopped at an undecided event: the rest is held
         self.bytes_in += bytes_in
         self.events_in += events
         self.events_dropped += dropped
