@@ -24,6 +24,7 @@ from discofilter.kubeapi import status_body
 from discofilter.meshwatch import ConfigMapSource, KubernetesConfigMapSource, MeshWatcher
 from discofilter.metrics import build_metrics_app, make_request_metrics_middleware, not_ready_reason
 from discofilter.proxy import Proxy, _Abort
+from discofilter.resolver import KubernetesNamespaceLookup, ListingLookup, NamespaceLookup, NamespaceResolver
 from discofilter.settings import Settings
 from discofilter.tracker import KubernetesNamespaceSource, NamespaceSource, NamespaceTracker
 from discofilter.upstream import Upstream, make_session
@@ -91,9 +92,14 @@ async def build_runtime(
     api_client: ApiClient | None = None
     if source is None or (settings.mesh.configmap is not None and mesh_source is None):
         api_client = ApiClient(upstream._config)
+    lookup: NamespaceLookup
     if source is None:
         assert api_client is not None
         source = KubernetesNamespaceSource(api_client)
+        lookup = KubernetesNamespaceLookup(api_client)
+    else:
+        lookup = ListingLookup(source)  # an injected source (tests): look up through its LIST
+    proxy.resolver = NamespaceResolver(membership, lookup)
     tracker = NamespaceTracker(
         membership,
         source,

@@ -296,6 +296,39 @@ class DiscofilterCollector(Collector):
         yield from self._confirmation_metrics()
         ready = not_ready_reason(self.proxy, self.tracker, self.membership) is None
         yield GaugeMetricFamily("discofilter_ready", "1 while /readyz answers 200.", value=float(ready))
+        yield from self._lifecycle_metrics()
+
+    def _lifecycle_metrics(self) -> Iterator[Metric]:
+        """What namespace creations and deletions cost (core.lifecycle): relists by why, lookups."""
+        proxy, resolver = self.proxy, self.proxy.resolver
+        relists = CounterMetricFamily(
+            "discofilter_relists_caused",
+            "Filtered watches ended or refused with 410 (each makes its client relist), by reason: a "
+            "label or selector change of an existing namespace, a resume from before one, or an event "
+            "whose namespace nothing could decide.",
+            labels=["reason"],
+        )
+        relists.add_metric(["membership_change"], proxy.registry.expired_total)
+        relists.add_metric(["stale_resume"], proxy.stale_resumes)
+        relists.add_metric(["undecidable"], proxy.undecided_ended)
+        yield relists
+        resolved = CounterMetricFamily(
+            "discofilter_namespaces_resolved",
+            "Namespaces looked up on demand because a stream met them before the namespace watch did.",
+            labels=["result"],
+        )
+        resolved.add_metric(["found"], resolver.found)
+        resolved.add_metric(["absent"], resolver.absent)
+        resolved.add_metric(["failed"], resolver.failed)
+        yield resolved
+        lifecycle = CounterMetricFamily(
+            "discofilter_namespace_lifecycle",
+            "Namespaces created or deleted after the first sync: neither ends a watch.",
+            labels=["change"],
+        )
+        lifecycle.add_metric(["created"], self.membership.created)
+        lifecycle.add_metric(["deleted"], self.membership.deleted)
+        yield lifecycle
 
     def _confirmation_metrics(self) -> Iterator[Metric]:
         conf = self.tracker.confirmation

@@ -10,7 +10,9 @@ Credentials (discofilter never adds privileges):
 - Plain listener otherwise: whatever the client sent is forwarded.
 
 Membership changes reach open watches as a 410 ``Expired`` ERROR event (see ``WatchRegistry``): the
-client relists through discofilter and its store's Replace computes the adds and deletes.
+client relists through discofilter and its store's Replace computes the adds and deletes. A namespace's
+creation or deletion is no such change (``core.lifecycle``): an event or LIST item of a namespace not
+known yet waits for ``resolver.NamespaceResolver``, and only one nothing can decide ends its watch.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from yarl import URL
 
 from discofilter.core.boundary import EventBoundary
 from discofilter.core.ledger import ResumeLedger
+from discofilter.core.lifecycle import Undecided
 from discofilter.core.listfilter import ListResult
 from discofilter.core.liststream import ListStream
 from discofilter.core.membership import Membership
@@ -57,6 +60,7 @@ from discofilter.kubeapi import (
     prefers_protobuf,
     proto_error_event,
 )
+from discofilter.resolver import NamespaceResolver
 from discofilter.settings import Settings
 from discofilter.stats import FilterCounts, ProxyStats
 from discofilter.upstream import Upstream, describe_connect_error
@@ -198,6 +202,13 @@ class Proxy:
         self.stats = ProxyStats()
         self.decisions = NamespaceDecisions()
         """The JSON watch filters' namespace decisions, shared by every watch (see WatchFilter)."""
+        self.resolver = NamespaceResolver(membership, _NoLookup())
+        """Decides namespaces a stream met before the namespace watch showed them (app.py sets the real
+        one; this one can look nothing up, so such a stream relists)."""
+        self.stale_resumes = 0
+        """Watches refused with 410 because the client's state predates a membership change."""
+        self.undecided_ended = 0
+        """Filtered watches ended with 410 because an event's namespace could not be decided."""
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -383,12 +394,26 @@ class Proxy:
 
     # -- filtered reads -----------------------------------------------------------------------------
 
-    def _members_for(self, route: Route) -> Container[str]:
-        """A per-namespace read of a namespace outside the mesh keeps nothing but bookmarks and errors,
-        whatever the API server sends; otherwise the live membership decides per object."""
-        if route.namespace is not None and route.namespace not in self.membership:
+    def _members_for(self, route: Route, *, watch: bool = False) -> Container[str]:
+        """A per-namespace LIST of a namespace known to be outside the mesh keeps nothing, whatever the
+        API server sends; otherwise the live membership decides per object. A watch always follows the
+        live membership: its namespace may be deleted and created again in the mesh, which is not a
+        membership change that would end it (``core.lifecycle``)."""
+        ns = route.namespace
+        if not watch and ns is not None and not self.membership.undecided(ns) and ns not in self.membership:
             return _NOTHING
         return self.membership
+
+    async def _resolve_list_item(self, undecided: Undecided, *, started: bool) -> None:
+        """A LIST stopped at an item of a namespace not known yet: resolve it, or fail the LIST (the
+        client retries) rather than answer it with a guess."""
+        if await self.resolver.resolve(undecided.namespace, undecided.rv):
+            return
+        msg = f"namespace {undecided.namespace!r} could not be decided yet; retry"
+        if started:
+            log.warning("LIST ended: %s", msg)
+            raise _Abort
+        raise NotReadyError(msg)
 
     def _accept(self, request: web.Request) -> str:
         accept = request.headers.get("Accept")
@@ -435,11 +460,17 @@ class Proxy:
         # piece: protolist skips items by their length prefix without decoding them, so the cost is
         # one copy of the body, but memory is not bounded by one item as for JSON (no incremental reader).
         generation = self.membership.generation
-        try:
-            result = filter_proto_list(body, self._members_for(route))
-        except StreamFramingError:
-            self.stats.malformed_lists += 1
-            raise
+        members = self._members_for(route)
+        while True:
+            try:
+                result = filter_proto_list(body, members)
+            except StreamFramingError:
+                self.stats.malformed_lists += 1
+                raise
+            except Undecided as undecided:
+                await self._resolve_list_item(undecided, started=False)
+                continue
+            break
         self._list_filtered(route, result, len(body), len(result.body))
         self._record_list_page(request, route, result, generation)
         out.body = result.body
@@ -478,6 +509,9 @@ class Proxy:
                 if size > limit:
                     raise ObjectTooLargeError(f"LIST answer exceeds the {limit}-byte limit")
                 piece = stream.feed(chunk)
+                while stream.blocked is not None:
+                    await self._resolve_list_item(stream.blocked, started=out is not None)
+                    piece += stream.feed(b"")
                 if not piece:
                     continue
                 if out is None:
@@ -495,7 +529,13 @@ class Proxy:
                     held_size = 0
                 written += len(piece)
                 await out.write(piece)
-            last, result = stream.finish()
+            while True:
+                try:
+                    last, result = stream.finish()
+                except Undecided as undecided:
+                    await self._resolve_list_item(undecided, started=out is not None)
+                    continue
+                break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             self.stats.upstream_error("ended_early")
             if out is None:
@@ -585,6 +625,7 @@ class Proxy:
         self._check_table_request(request)
         stale_rv = self._resume_is_stale(request, route)
         if stale_rv is not None:
+            self.stale_resumes += 1
             return await self._expired_answer(
                 request, f"too old resource version: {stale_rv} (mesh membership changed since; relist)"
             )
@@ -649,7 +690,7 @@ class Proxy:
                     f"API server answered a filtered WATCH with Content-Encoding "
                     f"{head.headers['Content-Encoding']!r} after Accept-Encoding: identity"
                 )
-            members = self._members_for(route)
+            members = self._members_for(route, watch=True)
             limit = self.settings.watch.max_event_bytes
             wf: StreamFilter
             event: Callable[[int, str, str], bytes]
@@ -677,7 +718,11 @@ class Proxy:
             await out.prepare(request)  # headers go out now, before the first event
             try:
                 ended_by = await self._pump(conn, out, wf, watch, request.transport)
-                if watch.expired:
+                if conn.undecided is not None and not watch.stopped:
+                    self.undecided_ended += 1
+                    msg = f"namespace {conn.undecided.namespace!r} of an event could not be decided; relist"
+                    await self._write(out, event(410, "Expired", msg), request.transport)
+                elif watch.expired:
                     msg = "mesh membership changed during this watch; relist"
                     await self._write(out, event(410, "Expired", msg), request.transport)
                 elif watch.closing == "unknown":
@@ -743,7 +788,7 @@ class Proxy:
         The filter runs in the connection's read callback (``WatchConnection.attach``); this task only
         wakes for kept bytes, one write per wakeup: whole events only, flushed now, never held for the
         next read; awaiting the write is the backpressure on a slow client."""
-        conn.attach(wf.feed_spans)
+        conn.attach(wf.feed_spans, wf, self.resolver.resolve)
         read = conn.read
         try:
             while True:
@@ -788,10 +833,20 @@ class StreamFilter(FilterCounts, Protocol):
     """What the relay needs of a watch filter: the JSON line filter and the protobuf frame filter."""
 
     last_kept: bytes | None
+    blocked: Undecided | None
+
+    def resume(self) -> bytes: ...
 
     def feed_spans(self, data: bytes, spans: list[int]) -> bytes: ...
 
     def feed_eof(self) -> None: ...
+
+
+class _NoLookup:
+    """A lookup that can find nothing out: until app.py gives the real one, streams relist instead."""
+
+    async def lookup(self, name: str) -> tuple[dict[str, object] | None, str]:
+        raise NotReadyError(f"no namespace lookup configured to resolve {name!r}")
 
 
 class _Abort(Exception):

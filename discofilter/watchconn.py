@@ -25,16 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Mapping
-from typing import cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol, cast
 
 from yarl import URL
 
 from discofilter.core.http1 import ResponseHead, ResponseReader, join_spans
+from discofilter.core.lifecycle import Undecided
 from discofilter.errors import StreamFramingError, UpstreamError
 
 Sink = Callable[[bytes, list[int]], bytes]
 """A watch filter's ``feed_spans``: one read's buffer and the offsets of the body in it -> kept bytes."""
+
+
+class Gate(Protocol):
+    """A filter that can stop at an event it cannot decide yet (``core.lifecycle``)."""
+
+    blocked: Undecided | None
+
+    def resume(self) -> bytes: ...
+
+
+Resolve = Callable[[str, int | None], Awaitable[bool]]
+"""Waits until an event of that namespace at that resourceVersion can be decided; False if it cannot."""
 
 
 class UpstreamClosed(ConnectionError):
@@ -79,6 +92,11 @@ class WatchConnection(asyncio.Protocol):
         self._eof = False
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._gate: Gate | None = None
+        self._resolve: Resolve | None = None
+        self._resolving: asyncio.Task[None] | None = None
+        self.undecided: Undecided | None = None
+        """An event nothing could decide: the watch was ended here, and its client must relist."""
         self.ended = False
         """``end()`` was called: nothing more is read or handed on."""
 
@@ -144,6 +162,46 @@ class WatchConnection(asyncio.Protocol):
             if self._queued >= self._max_pending and not self._paused and self._transport is not None:
                 self._paused = True
                 self._transport.pause_reading()
+        gate = self._gate
+        if gate is not None and gate.blocked is not None and self._resolving is None:
+            self._start_resolving()
+
+    # -- an event of a namespace not known yet (the slow path; core.lifecycle) --------------------
+
+    def _start_resolving(self) -> None:
+        """The filter stopped at an undecided event: read no more until it is resolved (the held body
+        is bounded by about one read), and resolve it in a task."""
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._resolving = asyncio.get_running_loop().create_task(self._resolve_held())
+
+    async def _resolve_held(self) -> None:
+        gate, resolve = self._gate, self._resolve
+        assert gate is not None and resolve is not None
+        try:
+            while (blocked := gate.blocked) is not None:
+                ok = await resolve(blocked.namespace, blocked.rv)
+                if self.ended:
+                    return
+                if not ok:
+                    self.undecided = blocked
+                    self.end()
+                    return
+                kept = gate.resume()
+                if kept:
+                    self._queue.append(kept)
+                    self._queued += len(kept)
+                    self._wake()
+        except Exception as exc:  # noqa: BLE001 (framing, a filter bug: read() raises it)
+            self._exc = exc
+            self.close()
+        finally:
+            self._resolving = None
+            self._wake()
+        if self._paused and self._queued < self._max_pending and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close: the response is over or cut; connection_lost decides which
@@ -166,10 +224,13 @@ class WatchConnection(asyncio.Protocol):
     async def head(self) -> ResponseHead:
         return await self._head
 
-    def attach(self, sink: Sink) -> None:
+    def attach(self, sink: Sink, gate: Gate | None = None, resolve: Resolve | None = None) -> None:
         """From now on each read's body goes through ``sink`` and only what it returns is queued; body
-        bytes that came with the head are run through it first."""
+        bytes that came with the head are run through it first. With ``gate`` and ``resolve``, an
+        event the filter cannot decide yet stops reading until ``resolve`` says it can be."""
         self._sink = sink
+        if gate is not None and resolve is not None:
+            self._gate, self._resolve = gate, resolve
         if self._queue:
             body = b"".join(self._queue)
             self._queue.clear()
@@ -189,13 +250,13 @@ class WatchConnection(asyncio.Protocol):
                 out = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
                 self._queue.clear()
                 self._queued = 0
-                if self._paused and self._transport is not None:
+                if self._paused and self._resolving is None and self._transport is not None:
                     self._paused = False
                     self._transport.resume_reading()
                 return out
             if self._exc is not None:
                 raise self._exc
-            if self._eof:
+            if self._eof and self._resolving is None:  # a held tail is still to be decided
                 return b""
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -224,6 +285,9 @@ class WatchConnection(asyncio.Protocol):
         self._wake()
 
     def close(self) -> None:
+        task = self._resolving
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # nothing more is handed on: a stream waiting on a namespace waits no more
         if self._transport is not None and not self._transport.is_closing():
             # abort, not close: nothing is left to write, and a closing TLS transport would otherwise
             # keep reading (and filtering) until the peer's close_notify.
@@ -235,4 +299,4 @@ class WatchConnection(asyncio.Protocol):
             w.set_result(None)
 
 
-__all__ = ["UpstreamClosed", "WatchConnection", "request_bytes"]
+__all__ = ["Gate", "Resolve", "UpstreamClosed", "WatchConnection", "request_bytes"]

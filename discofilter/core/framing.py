@@ -88,6 +88,14 @@ class LineFramer:
         """Keep the start of a line whose newline has not arrived (a memoryview keeps its read alive)."""
         self._hold(piece)
 
+    def take(self) -> bytes:
+        """The partial line held, handed back (and forgotten here): a stream that stops deciding
+        (``WatchFilter.blocked``) holds it with the rest."""
+        rest = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return rest
+
     def feed_eof(self) -> bytes | None:
         """End of stream. Return a final line that lacked its newline, or None.
 

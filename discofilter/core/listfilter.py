@@ -78,6 +78,19 @@ def entry_namespace(raw: bytes | memoryview, *, row: bool) -> str:
         raise StreamFramingError(f"list answer is not valid JSON: {exc}") from exc
 
 
+def entry_resource_version(raw: bytes | memoryview, *, row: bool) -> str | None:
+    """The ``metadata.resourceVersion`` of one encoded list item or Table row (one decode: only for
+    items of a namespace whose membership depends on it, ``core.lifecycle``)."""
+    try:
+        obj = orjson.loads(raw)
+        if row:
+            obj = obj["object"]
+        rv = obj["metadata"]["resourceVersion"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return rv if isinstance(rv, str) else None
+
+
 @dataclass(slots=True)
 class ListHead:
     """The list's own fields, as far as filtering needs them."""

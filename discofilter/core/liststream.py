@@ -34,7 +34,15 @@ from typing import Final
 import msgspec
 import orjson
 
-from discofilter.core.listfilter import ListHead, ListResult, entry_namespace, filter_list
+from discofilter.core.lifecycle import ByName, Undecided, decider_of
+from discofilter.core.listfilter import (
+    ListHead,
+    ListResult,
+    entry_namespace,
+    entry_resource_version,
+    filter_list,
+)
+from discofilter.core.membership import parse_rv
 from discofilter.errors import ObjectTooLargeError, StreamFramingError
 
 # An item beyond this is refused. The largest object the API server stores is 1.5 MiB in etcd by
@@ -62,6 +70,7 @@ class ListStream:
     __slots__ = (
         "_api_seen",
         "_buf",
+        "_decider",
         "_entries_key",
         "_head",
         "_head_raw",
@@ -75,6 +84,7 @@ class ListStream:
         "_top_members",
         "_whole",
         "_whole_size",
+        "blocked",
         "items_in",
         "items_kept",
         "max_item_bytes",
@@ -89,6 +99,10 @@ class ListStream:
         max_whole_bytes: int = 1024 * 1024 * 1024,
     ) -> None:
         self._members = members
+        self._decider = decider_of(members)
+        self.blocked: Undecided | None = None
+        """The item the list stopped at: its namespace is not known yet (``core.lifecycle``). Resolve
+        it, then ``feed(b"")`` (or ``finish()`` again) goes on from that item."""
         self.max_item_bytes = max_item_bytes
         self.max_whole_bytes = max_whole_bytes
         self._buf = b""
@@ -144,8 +158,11 @@ class ListStream:
         bytes were returned along the way); raises if the list is incomplete."""
         if not self._is_whole():
             self._run(eof=True)
+            if self.blocked is not None:
+                raise self.blocked
         if self._is_whole():
-            result = filter_list(b"".join(self._whole), self._members)
+            # ByName raises Undecided (the body stays held: finish() again once it is resolved).
+            result = filter_list(b"".join(self._whole), ByName(self._members))
             self._whole.clear()
             return result.body, replace(result, body=b"")
         if self._state is not _State.END:
@@ -164,6 +181,7 @@ class ListStream:
     # -- the state machine -------------------------------------------------------------------------
 
     def _run(self, *, eof: bool) -> None:
+        self.blocked = None
         while True:
             if len(self._buf) < self._need and not eof:
                 return
@@ -300,8 +318,19 @@ class ListStream:
         if end - pos > self.max_item_bytes:
             raise ObjectTooLargeError(f"list item of {end - pos} bytes exceeds {self.max_item_bytes}")
         raw = memoryview(buf)[pos:end]
+        row = self._entries_key == "rows"
+        ns = entry_namespace(raw, row=row)
+        decider = self._decider
+        if decider is not None and decider.undecided(ns):
+            keep = decider.decide_at(ns, parse_rv(entry_resource_version(raw, row=row)))
+            if keep is None:
+                # Stop before this item (nothing consumed): feed(b"") retries it once resolved.
+                self.blocked = Undecided(ns, parse_rv(entry_resource_version(raw, row=row)))
+                return False
+        else:
+            keep = ns in self._members
         self.items_in += 1
-        if entry_namespace(raw, row=self._entries_key == "rows") in self._members:
+        if keep:
             self._pending.append(b"," + bytes(raw) if self.items_kept else bytes(raw))
             self.items_kept += 1
         self._pos = end

@@ -18,6 +18,11 @@ at its creation would end every cluster-wide watch with a 410 for nothing. Its o
 reach istiod as a Terminating member's do. Only ``len`` leaves it out while it does not exist, so
 "N mesh namespaces of M known" never counts a namespace that is not there.
 
+A namespace's creation and deletion are not flips (``core.lifecycle`` gives the rules): a namespace
+not known yet is ``undecided`` until the namespace watch or an on-demand lookup (``learn``) tells its
+labels, and a deleted one leaves a tombstone that decides its late events by resourceVersion
+(``decide_at``). Only a label or selector change of a namespace that exists flips.
+
 Rule 1: no I/O. ``synced`` is False until the first LIST: filtered reads must fail closed until then.
 """
 
@@ -27,6 +32,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from discofilter.core.lifecycle import Tombstones
 from discofilter.core.selectors import SelectorSet
 
 _NEVER: Final = 0
@@ -63,17 +69,21 @@ class Membership:
     __slots__ = (
         "_changed_gen",
         "_changed_rv",
+        "_known_at",
         "_labels",
         "_last_change_gen",
         "_last_change_rv",
         "_members",
         "always_kept",
+        "created",
+        "deleted",
         "generation",
         "last_rv",
         "revision",
         "selectors",
         "synced",
         "synced_rv",
+        "tombstones",
         "version",
     )
 
@@ -98,6 +108,15 @@ class Membership:
         self._changed_rv: dict[str, int] = {}
         self._last_change_gen = _NEVER
         self._last_change_rv: int | None = None
+        self.tombstones = Tombstones()
+        """Deleted namespaces, for their late events (``decide_at``)."""
+        self._known_at: dict[str, int] = {}
+        """Namespaces learned by a lookup (``learn``) at a LIST RV the namespace watch has not reached:
+        its events up to that RV are older than what is known, and are not taken."""
+        self.created = 0
+        """Namespaces that appeared after the first sync (no flip)."""
+        self.deleted = 0
+        """Namespaces deleted after the first sync (no flip)."""
 
     def __contains__(self, namespace: object) -> bool:
         return namespace in self._members
@@ -122,40 +141,158 @@ class Membership:
         return len(self._labels)
 
     def replace(self, namespaces: Iterable[Mapping[str, object]], list_rv: str | None) -> frozenset[str]:
-        """Take a full namespace LIST. Returns the namespaces whose membership changed."""
+        """Take a full namespace LIST. Returns the namespaces whose membership changed.
+
+        After the first sync, a namespace missing from the LIST was deleted (a tombstone at the LIST's
+        RV: its objects were all deleted before it, so the late ones are older) and a namespace new in
+        it was created: neither is a flip, as on the watch. Only label changes of namespaces in both flip.
+        """
         labels: dict[str, Mapping[str, str]] = {}
         for obj in namespaces:
             name, lab = _name_and_labels(obj)
             labels[name] = lab
         rv = parse_rv(list_rv)
-        self._labels = labels
         self.revision += 1
-        changed = self._recompute(rv)
         if not self.synced:
             # The first sync establishes the set; nothing a client could hold flipped.
+            self._labels = labels
+            self._recompute(rv)
             self.synced = True
             self.synced_rv = rv
             return frozenset()
-        return changed
+        old = self._labels
+        for name, at in list(self._known_at.items()):
+            if rv is not None and at > rv and name in old and name not in labels:
+                labels[name] = old[name]  # a lookup newer than this LIST told it
+            else:
+                del self._known_at[name]
+        self._labels = labels
+        stamp = rv if rv is not None else self.last_rv
+        for name in old.keys() - labels.keys():
+            self._departed(name, stamp)
+        reborn = {name for name in labels.keys() - old.keys() if self._reborn_other(name, labels[name])}
+        for name in labels.keys() - old.keys() - reborn:
+            self._arrived(name)
+        return self._recompute(rv, names=(old.keys() & labels.keys()) | reborn)
 
     def apply(self, event_type: str, obj: Mapping[str, object]) -> frozenset[str]:
-        """Take one namespace WATCH event. Returns the namespaces whose membership changed."""
+        """Take one namespace WATCH event. Returns the namespaces whose membership changed.
+
+        Creation and deletion return nothing (``core.lifecycle``): only a namespace that exists before
+        and after the event can flip.
+        """
         name, lab = _name_and_labels(obj)
         meta = obj.get("metadata")
         rv = parse_rv(meta.get("resourceVersion") if isinstance(meta, dict) else None)
         self.revision += 1
-        if event_type == "DELETED":
-            self._labels.pop(name, None)
-        elif event_type in ("ADDED", "MODIFIED"):
-            self._labels[name] = lab
-        else:
+        if event_type not in ("ADDED", "MODIFIED", "DELETED"):
             return frozenset()
-        return self._recompute(rv, only=name)
+        at = self._known_at.get(name)
+        if at is not None:
+            if rv is not None and rv <= at:
+                # A lookup already told a newer state: this event is history the decisions already
+                # count (taking it would undo, then redo, what the lookup told).
+                self._note_rv(rv)
+                return frozenset()
+            del self._known_at[name]
+        if event_type == "DELETED":
+            if name in self._labels:
+                del self._labels[name]
+                self._departed(name, rv if rv is not None else self.last_rv)
+            self._note_rv(rv)
+            return frozenset()
+        if name not in self._labels and not self._reborn_other(name, lab):
+            self._labels[name] = lab
+            self._arrived(name)
+            self._note_rv(rv)
+            return frozenset()
+        self._labels[name] = lab
+        return self._recompute(rv, names=(name,))
+
+    def learn(self, name: str, obj: Mapping[str, object] | None, list_rv: str | None) -> bool:
+        """Take an on-demand lookup of one namespace (a LIST of it at ``list_rv``; ``obj`` None when it
+        does not exist). Returns whether it told something new: a namespace the namespace watch has not
+        shown yet becomes known as of ``list_rv`` (not a flip: nothing of it was decided before)."""
+        if obj is None or name in self._labels:
+            return False
+        at = parse_rv(list_rv)
+        if at is None:
+            return False  # without the LIST's RV, the namespace watch's older events could not be told apart
+        _, lab = _name_and_labels(obj)
+        if self._reborn_other(name, lab):
+            return False  # a flip: the namespace watch's ADDED must make it, so watches end (apply)
+        self.revision += 1
+        self._labels[name] = lab
+        self._known_at[name] = at
+        self._arrived(name)
+        return True
+
+    def undecided(self, namespace: str) -> bool:
+        """Can an event of ``namespace`` not be decided by its name alone? True while the namespace is
+        not known (its stream waits for a lookup), and while it has a tombstone whose membership
+        differs from the live namespace's (then the event's resourceVersion decides)."""
+        if namespace == self.always_kept:
+            return False
+        if namespace not in self._labels:
+            return True
+        tomb = self.tombstones.get(namespace)
+        return tomb is not None and tomb.member != (namespace in self._members)
+
+    def decide_at(self, namespace: str, rv: int | None) -> bool | None:
+        """Is an object of ``namespace`` whose event carries ``rv`` kept? None when membership cannot
+        tell yet (the namespace is not known: look it up; or it cannot be known: relist)."""
+        if namespace == self.always_kept:
+            return True
+        tomb = self.tombstones.get(namespace)
+        if tomb is not None and rv is not None and rv < tomb.rv:
+            return tomb.member  # the departed namespace's late events
+        if namespace in self._labels:
+            if tomb is not None and rv is None and tomb.member != (namespace in self._members):
+                return None
+            return namespace in self._members
+        return None
+
+    def _reborn_other(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Is ``name`` a namespace created again, with the other membership than its tombstone's?
+
+        Then it is a flip after all: until the namespace watch showed the deletion, events of the new
+        namespace (RV above the deletion) were decided by the old one's labels, as if it still lived,
+        and nothing tells whether a stream met one. Created again with the same membership, every such
+        decision was the right one.
+        """
+        tomb = self.tombstones.get(name)
+        if tomb is None or name == self.always_kept or tomb.member == self.selectors.matches(labels):
+            return False
+        if tomb.member:  # the baseline _recompute compares against: what the old one's events were
+            self._members.add(name)
+        return True
+
+    def _note_rv(self, rv: int | None) -> None:
+        if rv is not None and (self.last_rv is None or rv > self.last_rv):
+            self.last_rv = rv
+
+    def _departed(self, name: str, rv: int | None) -> None:
+        """``name`` was deleted at ``rv``: a tombstone, no flip (its objects' DELETED events came first)."""
+        member = name in self._members
+        if rv is not None:
+            self.tombstones.put(name, rv, member)
+        if name != self.always_kept:
+            self._members.discard(name)
+        self.deleted += self.synced
+        self.version += 1  # shared decisions of this name must not outlive it
+
+    def _arrived(self, name: str) -> None:
+        """``name`` appeared (watch, LIST or lookup): decided from now on, no flip."""
+        lab = self._labels[name]
+        if name == self.always_kept or self.selectors.matches(lab):
+            self._members.add(name)
+        self.created += self.synced
+        self.version += 1
 
     def set_selectors(self, selectors: SelectorSet) -> frozenset[str]:
         """Swap the selectors (e.g. Istio's discoverySelectors changed). Returns what changed."""
         self.selectors = selectors
-        return self._recompute(None, stamp=_AFTER_EVERY_RV)
+        return self._recompute(None, names=set(self._labels) | self._members, stamp=_AFTER_EVERY_RV)
 
     def matching(self, selectors: SelectorSet) -> frozenset[str]:
         """The known namespaces that ``selectors`` would admit (e.g. istiod's own discoverySelectors).
@@ -183,13 +320,17 @@ class Membership:
         at = parse_rv(rv)
         if at is None or self.synced_rv is None or at < self.synced_rv:
             return False
+        if at < self.tombstones.forgotten_rv:
+            return False  # a departed namespace's late events may come, and its tombstone is gone
         last = self._last_change_rv if namespace is None else self._changed_rv.get(namespace)
         return last is None or at >= last
 
-    def _recompute(self, rv: int | None, only: str | None = None, stamp: int | None = None) -> frozenset[str]:
-        if rv is not None and (self.last_rv is None or rv > self.last_rv):
-            self.last_rv = rv
-        names: Iterable[str] = (only,) if only is not None else set(self._labels) | self._members
+    def _recompute(
+        self, rv: int | None, names: Iterable[str] | None = None, stamp: int | None = None
+    ) -> frozenset[str]:
+        self._note_rv(rv)
+        if names is None:
+            names = set(self._labels) | self._members
         changed: set[str] = set()
         for name in names:
             lab = self._labels.get(name)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Container
 
+from discofilter.core.lifecycle import decide, decider_of
 from discofilter.core.listfilter import ListResult
+from discofilter.core.membership import parse_rv
 from discofilter.core.protobuf import (
     LEN,
     LIST_ITEMS,
@@ -41,13 +43,16 @@ from discofilter.core.protobuf import (
     iter_fields,
     len_field_header,
     object_namespace,
+    object_resource_version,
     unknown_type,
 )
 from discofilter.errors import StreamFramingError
 
 
 def filter_proto_list(body: bytes, members: Container[str]) -> ListResult:
-    """Return the list with only the items whose namespace is in ``members``."""
+    """Return the list with only the items whose namespace is in ``members``. Raises ``Undecided`` for an
+    item of a namespace membership does not know yet (``core.lifecycle``)."""
+    decider = decider_of(members)
     view = memoryview(body)
     start = check_magic(body, 0, len(body))
     end = len(body)
@@ -79,7 +84,13 @@ def filter_proto_list(body: bytes, members: Container[str]) -> ListResult:
             if wire != LEN:
                 raise StreamFramingError("protobuf list items have the wrong wire type")
             items_in += 1
-            if object_namespace(body, vstart, vend) in members:
+            ns = object_namespace(body, vstart, vend)
+            if decider is not None and decider.undecided(ns):
+                # Raises Undecided: the caller resolves the namespace and filters the body again.
+                keep = decide(decider, ns, parse_rv(object_resource_version(body, vstart, vend)))
+            else:
+                keep = ns in members
+            if keep:
                 items_kept += 1
                 pieces.append(view[fstart:vend])
             else:

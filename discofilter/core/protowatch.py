@@ -34,6 +34,8 @@ from typing import Final
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
 from discofilter.core.http1 import join_spans
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES
+from discofilter.core.lifecycle import Undecided, decide, decider_of
+from discofilter.core.membership import parse_rv
 from discofilter.core.protobuf import (
     LEN,
     LIST_META_RESOURCE_VERSION,
@@ -260,11 +262,16 @@ class ProtoWatchFilter:
     """
 
     __slots__ = (
+        "_decider",
+        "_held",
         "_members",
         "_need",
         "_pending",
         "_pending_size",
+        "_seen",
+        "_seen_version",
         "_use_fast",
+        "blocked",
         "bytes_in",
         "bytes_out",
         "events_dropped",
@@ -282,6 +289,14 @@ class ProtoWatchFilter:
         use_fast_path: bool = True,
     ) -> None:
         self._members = members
+        self._decider = decider_of(members)
+        self._seen: dict[str, bool] = {}
+        """Namespace -> kept, for this watch, while ``members.version`` stands still: one dict lookup
+        a frame, as a set's ``in`` was (a Membership's ``in`` is a Python-level call)."""
+        self._seen_version: int | None = None
+        self.blocked: Undecided | None = None
+        """The frame the stream waits at (see ``WatchFilter.blocked``)."""
+        self._held = b""
         self._use_fast = use_fast_path
         self.max_frame_bytes = max_frame_bytes
         # A frame split across chunks: its pieces, their total size, and the whole frame's size once its
@@ -308,13 +323,17 @@ class ProtoWatchFilter:
         if not n:
             return kept
         self.bytes_in += n
+        if self.blocked is not None:
+            self._held += data
+            return kept
         pos = 0
         if self._pending_size:
             pos = self._complete(data, kept)
         limit = self.max_frame_bytes
-        members = self._members
         fast = self._use_fast
-        while n - pos >= _PREFIX:
+        seen = self._decisions()
+        stopped = self._stopped()  # _complete may have stopped at the frame it finished
+        while not stopped and n - pos >= _PREFIX:
             length = _U32(data, pos)[0]
             if length > limit:
                 self._too_large(length)
@@ -327,19 +346,63 @@ class ProtoWatchFilter:
             if verdict is None:
                 verdict = classify_slow(data, body, end)
             ns = verdict[1]
-            if ns is None or ns in members:
+            keep = True if ns is None else seen.get(ns)
+            if keep is None:
+                assert ns is not None
+                try:
+                    keep = self._decide(ns, data, pos, end, seen)
+                except Undecided as blocked:
+                    self.events_in -= 1  # counted when it is decided
+                    self.blocked = blocked
+                    self._held = data[pos:]
+                    pos = n
+                    stopped = True
+                    break
+            if keep:
                 # Slicing copies the kept frame once; a chunk that is exactly one frame is passed on as is.
                 kept.append(data if end - pos == n else data[pos:end])
             else:
                 self.events_dropped += 1
             pos = end
-        if pos < n:
+        if stopped:
+            self._held += data[pos:]
+        elif pos < n:
             self._hold(data if pos == 0 else data[pos:])
         if kept:
             self.events_kept += len(kept)
             self.last_kept = kept[-1]
             self.bytes_out += sum(map(len, kept))
         return kept
+
+    def _stopped(self) -> bool:
+        return self.blocked is not None
+
+    def _decisions(self) -> dict[str, bool]:
+        version = getattr(self._members, "version", None)
+        if not isinstance(version, int) or version != self._seen_version:
+            self._seen.clear()
+            self._seen_version = version if isinstance(version, int) else None
+        return self._seen
+
+    def _decide(self, ns: str, buf: bytes, start: int, end: int, seen: dict[str, bool]) -> bool:
+        """Keep the frame ``buf[start:end]`` (prefix included) of namespace ``ns``? Raises ``Undecided``
+        when membership cannot tell yet; decisions by name alone are remembered in ``seen``."""
+        decider = self._decider
+        if decider is not None and decider.undecided(ns):
+            frame = buf[start:end]
+            return decide(decider, ns, parse_rv(frame_resource_version(frame)))
+        keep = ns in self._members
+        if self._seen_version is not None and len(seen) < 16_384:
+            seen[ns] = keep
+        return keep
+
+    def resume(self) -> bytes:
+        """Once the blocked frame's namespace is resolved: decide the held body (it may block again)."""
+        if self.blocked is None:
+            return b""
+        held, self._held, self.blocked = self._held, b"", None
+        self.bytes_in -= len(held)  # counted when it arrived
+        return self.feed_joined(held)
 
     def feed_joined(self, data: bytes) -> bytes:
         """The kept frames of ``data`` as one bytes (b"" when none): what the relay writes."""
@@ -391,7 +454,14 @@ class ProtoWatchFilter:
         if verdict is None:
             verdict = classify_slow(frame, _PREFIX, end)
         ns = verdict[1]
-        if ns is None or ns in self._members:
+        try:
+            keep = ns is None or self._decide(ns, frame, 0, end, self._decisions())
+        except Undecided as blocked:
+            self.events_in -= 1
+            self.blocked = blocked
+            self._held = frame
+            return pos + missing
+        if keep:
             kept.append(frame)
         else:
             self.events_dropped += 1

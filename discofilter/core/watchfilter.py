@@ -29,6 +29,8 @@ import orjson
 
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES, LineFramer
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES, OBJECT_EVENT_TYPES
+from discofilter.core.lifecycle import Undecided, decide, decider_of
+from discofilter.core.membership import parse_rv
 from discofilter.errors import StreamFramingError
 
 # The head of an object event: the API server writes
@@ -179,10 +181,13 @@ class WatchFilter:
     """
 
     __slots__ = (
+        "_decider",
         "_decisions",
         "_framer",
+        "_held",
         "_members",
         "_use_fast",
+        "blocked",
         "bytes_in",
         "bytes_out",
         "events_dropped",
@@ -203,7 +208,13 @@ class WatchFilter:
         # Shared decisions only for a container that says when it changes (core.membership.Membership).
         self._decisions = decisions if isinstance(getattr(members, "version", None), int) else None
         self._members = members
+        self._decider = decider_of(members)
         self._use_fast = use_fast_path
+        self.blocked: Undecided | None = None
+        """The event the stream waits at (its namespace is not known yet; ``core.lifecycle``): nothing
+        after it is decided until ``resume()``, so the client sees every event in order."""
+        self._held = b""
+        """The body from the blocked event on, held while ``blocked``."""
         self.events_in = 0
         self.events_kept = 0
         self.events_dropped = 0
@@ -245,7 +256,13 @@ class WatchFilter:
 
         The hot loop: events are decided in place, by offset, and each run of consecutive kept events
         goes to the answer as one slice of the read. An event begun in an earlier read or chunk is
-        joined once and decided by the line path."""
+        joined once and decided by the line path.
+
+        An event whose namespace membership cannot decide yet (``core.lifecycle``) stops the read: it
+        and everything after it are held (``blocked``) until ``resume()``."""
+        if self.blocked is not None:
+            self._hold_spans(data, spans, 0)
+            return b""
         if not self._use_fast:
             return self._feed_spans_slow(data, spans)
         members = self._members
@@ -271,6 +288,9 @@ class WatchFilter:
                     pieces.extend(kept)
                     last = -1
                 start = nl + 1
+                if self._stopped():
+                    self._hold_spans(data, spans, i, start)
+                    break
                 nl = find(b"\n", start, stop)
             run = -1  # where the current run of kept events begins
             while nl >= 0:
@@ -285,17 +305,23 @@ class WatchFilter:
                         key = data[a:b]
                         keep = seen.get(key)
                         if keep is None:
+                            # A namespace not decided yet: the slow path below, which may block.
                             try:
-                                keep = key.decode() in members
+                                name = key.decode()
                             except UnicodeDecodeError:
-                                keep = None
+                                pass
                             else:
-                                if len(seen) < NamespaceDecisions.MAX:
-                                    seen[key] = keep
+                                decider = self._decider
+                                if decider is None or not decider.undecided(name):
+                                    keep = name in members
+                                    if len(seen) < NamespaceDecisions.MAX:
+                                        seen[key] = keep
                 elif nl > start and data[nl - 1] == 0x7D:
                     ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
                     if ns is not None:
-                        keep = ns is _ALWAYS or ns in members
+                        # _FAST did not match, so this is a BOOKMARK or ERROR (_ALWAYS); anything else
+                        # goes the slow way, which also knows undecided namespaces.
+                        keep = True if ns is _ALWAYS else None
                 if keep:
                     if run < 0:
                         run = start
@@ -311,15 +337,21 @@ class WatchFilter:
                         if slow:
                             pieces.extend(slow)
                             last = -1
+                        if self._stopped():
+                            self._hold_spans(data, spans, i, end)
+                            break  # no run is open: it was added to pieces above
                     else:
                         events += 1
                         dropped += 1
                 start = end
                 nl = find(b"\n", start, stop)
-            if run >= 0:
-                pieces.append(view[run:start])
-            if start < stop:
-                framer.hold(view[start:stop])
+            else:  # no break: the span was decided to its end
+                if run >= 0:
+                    pieces.append(view[run:start])
+                if start < stop:
+                    framer.hold(view[start:stop])
+                continue
+            break  # the slow path stopped at an undecided event: the rest is held
         self.bytes_in += bytes_in
         self.events_in += events
         self.events_dropped += dropped
@@ -341,8 +373,37 @@ class WatchFilter:
         out: list[bytes] = []
         for i in range(0, len(spans), 2):
             self.bytes_in += spans[i + 1] - spans[i]
+            if self._stopped():
+                self._held += data[spans[i] : spans[i + 1]]
+                continue
             out.extend(self._feed_lines(self._framer.feed(data[spans[i] : spans[i + 1]])))
+            if self._stopped():
+                self._held += self._framer.take()  # a partial line after the held ones
         return b"".join(out)
+
+    def _hold_spans(self, data: bytes, spans: list[int], i: int, pos: int | None = None) -> None:
+        """Hold the body from ``pos`` in span ``i`` (its start when None) on, while blocked. Bytes of
+        span ``i`` are counted by the caller, except when ``pos`` is None (a read while blocked)."""
+        parts = [self._held, data[spans[i] if pos is None else pos : spans[i + 1]]]
+        for j in range(i + 2, len(spans), 2):
+            parts.append(data[spans[j] : spans[j + 1]])
+            self.bytes_in += spans[j + 1] - spans[j]
+        if pos is None:
+            self.bytes_in += spans[i + 1] - spans[i]
+        self._held = b"".join(parts)
+
+    def _stopped(self) -> bool:
+        """Did deciding stop at an undecided event (a method: mypy keeps ``blocked`` narrowed)."""
+        return self.blocked is not None
+
+    def resume(self) -> bytes:
+        """Once the blocked event's namespace is resolved: decide the held body, as ``feed_joined``
+        (it may block again, on another namespace)."""
+        if self.blocked is None:
+            return b""
+        held, self._held, self.blocked = self._held, b"", None
+        self.bytes_in -= len(held)  # counted when it arrived
+        return self.feed_spans(held, [0, len(held)]) if held else b""
 
     def _seen(self) -> dict[bytes, bool]:
         decisions = self._decisions
@@ -355,32 +416,46 @@ class WatchFilter:
         return decisions.kept
 
     def _feed_lines(self, lines: list[bytes]) -> list[bytes]:
-        """Decide whole lines one by one (the slow path, and lines completed across reads)."""
+        """Decide whole lines one by one (the slow path, and lines completed across reads). A line whose
+        namespace cannot be decided yet sets ``blocked`` and is held with the lines after it."""
         if not lines:
             return lines
         kept: list[bytes] = []
         members = self._members
+        decider = self._decider
         fast = self._use_fast
         events = 0
-        for line in lines:
+        for n, line in enumerate(lines):
             events += 1
             verdict = classify_fast(line) if fast else None
-            if verdict is None:
-                if not line.strip():
-                    events -= 1  # a blank line is not an event; the API server never sends one
-                    continue
-                try:
-                    verdict = classify_slow(line)
-                except _TableEvent as table:
-                    out = self._filter_table(table.event, line)
-                    if out is None:
-                        self.events_dropped += 1
-                    else:
-                        kept.append(out)
-                        self.events_kept += 1
-                    continue
-            ns = verdict[1]
-            if ns is None or ns in members:
+            try:
+                if verdict is None:
+                    if not line.strip():
+                        events -= 1  # a blank line is not an event; the API server never sends one
+                        continue
+                    try:
+                        verdict = classify_slow(line)
+                    except _TableEvent as table:
+                        out = self._filter_table(table.event, line)
+                        if out is None:
+                            self.events_dropped += 1
+                        else:
+                            kept.append(out)
+                            self.events_kept += 1
+                        continue
+                ns = verdict[1]
+                if ns is None:
+                    keep = True
+                elif decider is not None and decider.undecided(ns):
+                    keep = decide(decider, ns, parse_rv(event_resource_version(line)))
+                else:
+                    keep = ns in members
+            except Undecided as blocked:
+                events -= 1  # counted when it is decided
+                self.blocked = blocked
+                self._held = b"".join(lines[n:]) + self._held
+                break
+            if keep:
                 kept.append(line)
                 self.events_kept += 1
             else:
@@ -399,13 +474,23 @@ class WatchFilter:
         obj = event["object"]
         assert isinstance(obj, dict)
         rows = table_rows(obj) or []
-        keep = [row for row in rows if row_namespace(row) in self._members]
+        keep = [row for row in rows if self._row_kept(row)]
         if len(keep) == len(rows):
             return line if rows else None
         if not keep:
             return None
         obj["rows"] = keep
         return orjson.dumps(event) + b"\n"
+
+    def _row_kept(self, row: dict[str, object]) -> bool:
+        ns = row_namespace(row)
+        decider = self._decider
+        if decider is None or not decider.undecided(ns):
+            return ns in self._members
+        obj = row["object"]
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        return decide(decider, ns, parse_rv(rv if isinstance(rv, str) else None))
 
 
 def event_resource_version(line: bytes) -> str | None:

@@ -37,6 +37,11 @@ class SimSettings:
     that does not keep up; bounds memory when a client stalls."""
     request_log_limit: int = 100_000
     """Requests kept in ``app[REQUEST_LOG]`` (oldest dropped first)."""
+    watch_delays: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """Resource name (``pods``, ``namespaces``...) -> seconds each live event of it is held back before any
+    watcher gets it, in order. A real server's watches of different kinds are not synchronized (each
+    resource has its own cacher, fed by its own etcd watch): this makes that skew deliberate, e.g. a pod of
+    a new namespace reaching the pods watch before the namespace reaches a namespace watch."""
     pretty_user_agents: tuple[str, ...] = ("curl", "Wget", "Mozilla/5.0")
     """User-Agent prefixes that get indented JSON (not watches), as from the real server
     (``list-namespaces.curl-ua-pretty.json``)."""

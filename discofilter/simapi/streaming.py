@@ -131,7 +131,26 @@ async def serve_watch(
     wakeup = asyncio.Event()
     overflow = False
 
+    loop = asyncio.get_running_loop()
+    delay = settings.watch_delays.get(rt.name, 0.0)
+    delayed: deque[tuple[float, StoreEvent]] = deque()
+
+    def release() -> None:
+        now = loop.time()
+        while delayed and delayed[0][0] <= now:
+            deliver(delayed.popleft()[1])
+        if delayed:
+            loop.call_at(delayed[0][0], release)
+
     def listener(event: StoreEvent) -> None:
+        if delay > 0:  # SimSettings.watch_delays: deliberate skew between the kinds' streams
+            delayed.append((loop.time() + delay, event))
+            if len(delayed) == 1:
+                loop.call_at(delayed[0][0], release)
+            return
+        deliver(event)
+
+    def deliver(event: StoreEvent) -> None:
         nonlocal overflow
         if overflow:
             return

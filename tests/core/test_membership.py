@@ -50,7 +50,7 @@ def test_real_namespace_watch_revision_selector_flips_mesh_rev() -> None:
     assert _replay_namespace_watch(m) == [("mesh-rev", False), ("mesh-rev", True)]
 
 
-def test_label_flip_delete_and_terminating() -> None:
+def test_label_flip_flips_but_delete_and_create_do_not() -> None:
     m = Membership(DEFAULT_MESH_SELECTORS)
     m.replace([ns("a", 1, **{"istio-injection": "enabled"}), ns("b", 2)], "10")
     assert m.members == {"a"}
@@ -59,10 +59,14 @@ def test_label_flip_delete_and_terminating() -> None:
     terminating = ns("a", 12, **{"istio-injection": "enabled"})
     terminating["status"] = {"phase": "Terminating"}
     assert m.apply("MODIFIED", terminating) == frozenset()  # still a member while its objects go
-    assert m.apply("DELETED", ns("a", 13, **{"istio-injection": "enabled"})) == {"a"}
+    # Deletion is no flip (core.lifecycle): a tombstone decides the late events by resourceVersion.
+    assert m.apply("DELETED", ns("a", 13, **{"istio-injection": "enabled"})) == frozenset()
     assert m.members == {"b"}
+    assert m.decide_at("a", 12) is True and m.decide_at("a", 14) is None
     assert m.apply("ADDED", ns("c", 14)) == frozenset()
-    assert m.generation == 2
+    assert m.apply("ADDED", ns("d", 15, **{"istio-injection": "enabled"})) == frozenset()
+    assert m.members == {"b", "d"}
+    assert m.generation == 1
 
 
 def test_changed_since_and_resume_rules() -> None:

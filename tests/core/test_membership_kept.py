@@ -38,7 +38,8 @@ def test_label_changes_on_it_flip_nothing() -> None:
     version, gen = m.version, m.generation
     assert m.apply("MODIFIED", ns("istio-system", 11, **MESH)) == frozenset()
     assert m.apply("MODIFIED", ns("istio-system", 12)) == frozenset()
-    assert (m.version, m.generation) == (version, gen)
+    assert m.generation == gen  # no flip; version (the decisions cache's key) may move
+    assert version <= m.version
     assert not m.changed_since(gen, "istio-system") and not m.changed_since(gen, None)
     assert m.resume_is_current("11", "istio-system") and m.resume_is_current("11", None)
 
@@ -59,7 +60,8 @@ def test_appearing_and_disappearing_flip_nothing_and_only_the_count_follows() ->
     assert not m.exists("istio-system") and len(m) == 1 and m.known == 1
     # A relist that no longer has it changes nothing either.
     assert m.replace([ns("a", 1, **MESH)], "20") == frozenset()
-    assert (m.version, m.generation) == (version, gen)
+    assert m.generation == gen  # no flip; version (the decisions cache's key) may move
+    assert version <= m.version
     assert m.resume_is_current("12", None)
 
 

@@ -22,9 +22,9 @@ def test_a_selectors_change_makes_every_earlier_unknown_rv_stale() -> None:
     assert not m.resume_is_current("900", None)
     assert not m.resume_is_current("900", "a") and not m.resume_is_current("900", "b")
     # A later namespace flip carries a real RV again for what it touches.
-    m.apply("ADDED", ns("c", 950, team="x"))
+    m.apply("MODIFIED", ns("b", 950, team="x"))
     assert m.resume_is_current("960", None) and not m.resume_is_current("940", None)
-    assert m.resume_is_current("960", "c")
+    assert m.resume_is_current("960", "b")
 
 
 def test_swapping_in_equal_selectors_changes_nothing() -> None:

@@ -267,11 +267,18 @@ def test_namespace_decisions_follow_membership_changes_between_reads() -> None:
     # A selector change (Istio's discoverySelectors) changes membership without a namespace event.
     membership.set_selectors(SelectorSet((parse_selector("team=a"),)))
     assert first.feed_joined(ev) == ev
-    membership.replace([], "20")  # a relist in which the namespace is gone
-    assert second.feed_joined(ev) == b""
+    # A relist in which the namespace is gone: an event of it without a resourceVersion cannot be
+    # told from one of a namespace of the same name created later, so its stream waits (core.lifecycle).
+    membership.replace([], "20")
+    assert second.feed_joined(ev) == b"" and second.blocked is not None
+    assert second.blocked.namespace == "shop"
+    assert b"shop" not in decisions.kept
     # Namespace events that change no membership leave the decisions standing.
-    membership.apply("ADDED", {"metadata": {"name": "other", "labels": {}}})
-    assert decisions.kept == {b"shop": False}
+    membership.apply("ADDED", {"metadata": {"name": "kept", "labels": {}}})
+    assert first.feed_joined(_event(b'{"name":"a","namespace":"kept"}')) == b""
+    assert decisions.kept == {b"kept": False}
+    membership.apply("MODIFIED", {"metadata": {"name": "kept", "labels": {"x": "y"}}})
+    assert decisions.kept == {b"kept": False}
     plain: set[str] = set()  # a container that cannot say when it changes: decided on every read
     wf = WatchFilter(plain, decisions=decisions)
     assert wf.feed_joined(ev) == b""
