@@ -31,6 +31,7 @@ import struct
 from collections.abc import Container
 from typing import Final
 
+from discofilter.core.exclusion import tally_drop
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
 from discofilter.core.http1 import join_spans
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES
@@ -270,8 +271,12 @@ class ProtoWatchFilter:
         "events_dropped",
         "events_in",
         "events_kept",
+        "forward_bookmarks",
+        "last_bookmark",
         "last_kept",
+        "last_seen",
         "max_frame_bytes",
+        "tally",
     )
 
     def __init__(
@@ -296,6 +301,32 @@ class ProtoWatchFilter:
         self.bytes_out = 0
         # The last frame forwarded: the client's resume point is the resourceVersion inside it.
         self.last_kept: bytes | None = None
+        # Server-side exclusion: as in WatchFilter (last_seen: the last frame processed, kept or not).
+        self.forward_bookmarks = True
+        self.tally: dict[bytes, int] | None = None
+        self.last_seen: bytes | None = None
+        self.last_bookmark: bytes | None = None
+
+    def discard_partial(self) -> None:
+        """Forget a frame begun but not finished (the upstream stream is being replaced)."""
+        self._reset()
+
+    def _keep(self, verdict: Verdict, frame: bytes | None, buf: bytes, pos: int, end: int) -> bool:
+        """Keep the frame ``buf[pos:end]`` (``frame`` when it is already whole)? Records what server-side
+        exclusion needs: the last frame processed, the last BOOKMARK, dropped bytes per namespace."""
+        etype, ns = verdict
+        if self.tally is not None:
+            self.last_seen = frame if frame is not None else buf[pos:end]
+        if ns is None:
+            if etype == "BOOKMARK":
+                self.last_bookmark = frame if frame is not None else buf[pos:end]
+                return self.forward_bookmarks
+            return True
+        if ns in self._members:
+            return True
+        if self.tally is not None:
+            tally_drop(self.tally, ns.encode(), end - pos)
+        return False
 
     @property
     def buffered(self) -> int:
@@ -314,6 +345,8 @@ class ProtoWatchFilter:
         limit = self.max_frame_bytes
         members = self._members
         fast = self._use_fast
+        # None: no exclusion bookkeeping, and BOOKMARK/ERROR (ns None) always kept: the plain hot path.
+        track = self if (self.tally is not None or not self.forward_bookmarks) else None
         while n - pos >= _PREFIX:
             length = _U32(data, pos)[0]
             if length > limit:
@@ -327,7 +360,7 @@ class ProtoWatchFilter:
             if verdict is None:
                 verdict = classify_slow(data, body, end)
             ns = verdict[1]
-            if ns is None or ns in members:
+            if (ns is None or ns in members) if track is None else self._keep(verdict, None, data, pos, end):
                 # Slicing copies the kept frame once; a chunk that is exactly one frame is passed on as is.
                 kept.append(data if end - pos == n else data[pos:end])
             else:
@@ -390,8 +423,7 @@ class ProtoWatchFilter:
         verdict = classify_fast(frame, _PREFIX, end) if self._use_fast else None
         if verdict is None:
             verdict = classify_slow(frame, _PREFIX, end)
-        ns = verdict[1]
-        if ns is None or ns in self._members:
+        if self._keep(verdict, frame, frame, 0, end):
             kept.append(frame)
         else:
             self.events_dropped += 1

@@ -27,6 +27,7 @@ from typing import Final
 
 import orjson
 
+from discofilter.core.exclusion import tally_drop
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES, LineFramer
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES, OBJECT_EVENT_TYPES
 from discofilter.errors import StreamFramingError
@@ -188,7 +189,11 @@ class WatchFilter:
         "events_dropped",
         "events_in",
         "events_kept",
+        "forward_bookmarks",
+        "last_bookmark",
         "last_kept",
+        "last_seen",
+        "tally",
     )
 
     def __init__(
@@ -213,10 +218,25 @@ class WatchFilter:
         # out once per read rather than kept as an offset into the read: that would hold a whole read
         # (up to 256 KiB) per quiet watch.
         self.last_kept: bytes | None = None
+        # Server-side exclusion (core.exclusion) sets these. last_seen: the last event *processed*,
+        # kept or dropped, bookmarks included: the exact point an upstream re-open resumes from (every
+        # event up to it is filtered already). Sliced once per read, and only when tally is set.
+        self.forward_bookmarks = True
+        """False when discofilter asked the upstream for bookmarks the client did not ask for."""
+        self.tally: dict[bytes, int] | None = None
+        """Dropped bytes per namespace (core.exclusion.Planner.tally), when set."""
+        self.last_seen: bytes | None = None
+        self.last_bookmark: bytes | None = None
+        """The last BOOKMARK event processed (rare: a copy each costs nothing)."""
 
     @property
     def buffered(self) -> int:
         return self._framer.buffered
+
+    def discard_partial(self) -> None:
+        """Forget an event begun but not finished: the upstream stream is being replaced, and the new
+        one starts after the last whole event processed here (core.exclusion)."""
+        self._framer = LineFramer(self._framer.max_line_bytes)
 
     def feed(self, data: bytes) -> list[bytes]:
         """The kept events of ``data``, one bytes each (what the tests compare event by event)."""
@@ -258,6 +278,8 @@ class WatchFilter:
         pieces: list[bytes | memoryview] = []
         events = dropped = kept_bytes = bytes_in = 0
         last = last_end = -1  # the last event kept by the fast path, while none kept later elsewhere
+        tally = self.tally
+        proc = proc_end = -1  # the last event processed by the fast path (only with a tally)
         for i in range(0, len(spans), 2):
             start, stop = spans[i], spans[i + 1]
             bytes_in += stop - start
@@ -267,6 +289,7 @@ class WatchFilter:
                 continue
             if framer.buffered:
                 kept = self._feed_lines([framer.complete(view[start : nl + 1])])  # sets last_kept
+                proc = -1
                 if kept:
                     pieces.extend(kept)
                     last = -1
@@ -294,8 +317,14 @@ class WatchFilter:
                                     seen[key] = keep
                 elif nl > start and data[nl - 1] == 0x7D:
                     ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
-                    if ns is not None:
-                        keep = ns is _ALWAYS or ns in members
+                    if ns is _ALWAYS:
+                        keep = self._always(data, start, end)
+                    elif ns is not None:
+                        keep = ns in members
+                if tally is not None and keep is not None:
+                    proc, proc_end = start, end
+                    if not keep and m is not None:
+                        tally_drop(tally, key, end - start)
                 if keep:
                     if run < 0:
                         run = start
@@ -308,6 +337,7 @@ class WatchFilter:
                         run = -1
                     if keep is None:
                         slow = self._feed_lines([data[start:end]])  # counts for itself, sets last_kept
+                        proc = -1
                         if slow:
                             pieces.extend(slow)
                             last = -1
@@ -327,6 +357,8 @@ class WatchFilter:
         self.bytes_out += kept_bytes
         if last >= 0:
             self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
+        if proc >= 0:
+            self.last_seen = data[proc:proc_end]
         if len(pieces) == 1:
             piece = pieces[0]
             if isinstance(piece, memoryview):
@@ -364,6 +396,8 @@ class WatchFilter:
         events = 0
         for line in lines:
             events += 1
+            if self.tally is not None:
+                self.last_seen = line
             verdict = classify_fast(line) if fast else None
             if verdict is None:
                 if not line.strip():
@@ -380,7 +414,13 @@ class WatchFilter:
                         self.events_kept += 1
                     continue
             ns = verdict[1]
-            if ns is None or ns in members:
+            if ns is None:
+                keep = verdict[0] != "BOOKMARK" or self._bookmark(line)
+            else:
+                keep = ns in members
+                if not keep and self.tally is not None:
+                    tally_drop(self.tally, ns.encode(), len(line))
+            if keep:
                 kept.append(line)
                 self.events_kept += 1
             else:
@@ -394,6 +434,17 @@ class WatchFilter:
     def feed_eof(self) -> None:
         """End of the upstream body: raises StreamFramingError if it ended inside an event."""
         self._framer.feed_eof()
+
+    def _always(self, data: bytes, start: int, end: int) -> bool:
+        """A BOOKMARK or ERROR event found by the fast path: forwarded, but a BOOKMARK only to a
+        client that asked for bookmarks."""
+        if data.startswith(b'{"type":"BOOKMARK"', start):
+            return self._bookmark(data[start:end])
+        return True
+
+    def _bookmark(self, line: bytes) -> bool:
+        self.last_bookmark = line
+        return self.forward_bookmarks
 
     def _filter_table(self, event: dict[str, object], line: bytes) -> bytes | None:
         obj = event["object"]
