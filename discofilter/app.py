@@ -100,11 +100,16 @@ async def build_runtime(
     else:
         lookup = ListingLookup(source)  # an injected source (tests): look up through its LIST
     proxy.resolver = NamespaceResolver(membership, lookup)
+
+    def on_change(changed: frozenset[str]) -> None:
+        proxy.registry.on_change(changed)
+        proxy.exclusion.on_membership_change(changed)  # a joined namespace leaves the exclusion
+
     tracker = NamespaceTracker(
         membership,
         source,
         settings.namespaces,
-        proxy.registry.on_change,
+        on_change,
         on_unknown=lambda: log.info("ended %d filtered watches", proxy.registry.end_all("unknown")),
     )
     proxy.await_confirmed = tracker.await_confirmed
@@ -119,7 +124,7 @@ async def build_runtime(
                 membership,
                 settings.mesh,
                 settings.namespaces,
-                proxy.registry.on_change,
+                on_change,
                 source=mesh_source if settings.mesh.path is None else None,
             )
             if settings.mesh.path is not None:
@@ -183,6 +188,7 @@ async def tracker_running(runtime: Runtime) -> AsyncIterator[asyncio.Task[None]]
         await runtime.tracker.run()
 
     task = asyncio.create_task(track(), name="namespace-tracker")
+    replan = asyncio.create_task(runtime.proxy.exclusion.run(), name="exclusion-replan")
     mesh_task = None
     if runtime.mesh is not None:
         mesh_task = asyncio.create_task(runtime.mesh.run(), name="mesh-config")
@@ -190,10 +196,10 @@ async def tracker_running(runtime: Runtime) -> AsyncIterator[asyncio.Task[None]]
     try:
         yield task
     finally:
-        for t in (task, mesh_task):
+        for t in (task, mesh_task, replan):
             if t is not None:
                 t.cancel()
-        for t in (task, mesh_task):
+        for t in (task, mesh_task, replan):
             if t is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t

@@ -15,6 +15,7 @@ from discofilter.core.selectors import SelectorSet, parse_selector
 from discofilter.errors import ConfigError, DiscofilterError
 from discofilter.logs import setup_logging
 from discofilter.settings import (
+    ExclusionSettings,
     MeshConfigSettings,
     NamespaceWatchSettings,
     ServerSettings,
@@ -181,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="filtered reads keep the client's wire format, protobuf included (native, default), or are "
         "forced to JSON (json) [env DISCOFILTER_WIRE_FORMAT]",
     )
+    s.add_argument(
+        "--server-side-exclusion",
+        default=_env("SERVER_SIDE_EXCLUSION") or "auto",
+        choices=["auto", "off"],
+        help="ask the API server to leave out the costliest non-mesh namespaces (metadata.namespace!= "
+        "field selectors on filtered reads; auto, default) or not (off); clients see the same either way "
+        "[env DISCOFILTER_SERVER_SIDE_EXCLUSION]",
+    )
     base = Settings()
     for flag, env, default, kind, what in (
         ("--shutdown-grace-seconds", "SHUTDOWN_GRACE_SECONDS", base.server.shutdown_grace_seconds, float,
@@ -195,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--membership-unknown-after-seconds", "MEMBERSHIP_UNKNOWN_AFTER_SECONDS",
          base.namespaces.unknown_after_seconds, float,
          "filtered requests fail closed when the namespace watch has been down this long"),
+        ("--exclusion-max-namespaces", "EXCLUSION_MAX_NAMESPACES", base.exclusion.max_namespaces, int,
+         "K: namespaces excluded at the API server per request at most"),
     ):  # fmt: skip
         s.add_argument(
             flag,
@@ -270,6 +281,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, tuple[str, i
             wire_format=args.wire_format, client_write_timeout_seconds=args.client_write_timeout_seconds
         ),
         namespaces=NamespaceWatchSettings(unknown_after_seconds=args.membership_unknown_after_seconds),
+        exclusion=ExclusionSettings(
+            mode=args.server_side_exclusion, max_namespaces=int(args.exclusion_max_namespaces)
+        ),
         mesh=mesh,
         log_level=args.log_level,
         log_format=args.log_format,

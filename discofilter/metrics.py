@@ -136,6 +136,7 @@ class DiscofilterCollector(Collector):
         yield from self._watch_metrics()
         yield from self._request_metrics()
         yield from self._namespace_metrics()
+        yield from self.proxy.exclusion.metrics()
         if self.mesh is not None:
             yield from self._mesh_metrics(self.mesh)
 

@@ -48,6 +48,7 @@ from discofilter.errors import (
     StreamFramingError,
     UpstreamError,
 )
+from discofilter.exclusion import ReopeningStream, ServerSideExclusion
 from discofilter.kubeapi import (
     PROTOBUF_WATCH,
     error_event,
@@ -209,6 +210,8 @@ class Proxy:
         """Watches refused with 410 because the client's state predates a membership change."""
         self.undecided_ended = 0
         """Filtered watches ended with 410 because an event's namespace could not be decided."""
+        self.exclusion = ServerSideExclusion(settings.exclusion, membership)
+        """Server-side exclusion: the upstream queries of filtered reads (discofilter.exclusion)."""
         self.tls = settings.server.tls_cert_file is not None
         self.lend_credentials = settings.server.upstream_credentials and not self.tls
 
@@ -428,7 +431,7 @@ class Proxy:
 
     async def _list(self, request: web.Request, raw: str, route: Route) -> web.StreamResponse:
         self._check_table_request(request)
-        resp = await self._open(request, raw, accept=self._accept(request), decompress=True)
+        resp = await self._open_list(request, raw, route)
         try:
             limit = self.settings.watch.max_list_bytes
             if resp.content_length is not None and resp.content_length > limit:
@@ -483,6 +486,28 @@ class Proxy:
         await out.prepare(request)
         await out.write_eof()
         return out
+
+    async def _open_list(self, request: web.Request, raw: str, route: Route) -> aiohttp.ClientResponse:
+        """The upstream LIST, with server-side exclusion when it applies (discofilter.exclusion). If
+        the API server refuses the requirements (400) but takes the request without them: without."""
+        path, _, query = raw.partition("?")
+        up = self.exclusion.list_query(route, query, request.query)
+        request[_EXCLUDED] = up.excluded
+        accept = self._accept(request)
+        resp = await self._open(
+            request, raw if up.raw == query else f"{path}?{up.raw}", accept=accept, decompress=True
+        )
+        if resp.status != 400 or not up.excluded:
+            return resp
+        try:
+            body = await resp.content.read(self.settings.watch.max_event_bytes)
+        finally:
+            resp.release()
+        plain = await self._open(request, raw, accept=accept, decompress=True)
+        if plain.status != 400:
+            self.exclusion.refused(route.resource or "", body)
+        request[_EXCLUDED] = ()
+        return plain
 
     async def _stream_list(
         self, request: web.Request, resp: aiohttp.ClientResponse, route: Route
@@ -581,6 +606,7 @@ class Proxy:
     def _record_list_page(
         self, request: web.Request, route: Route, result: ListResult, generation: int
     ) -> None:
+        self.exclusion.remember_page(result.continue_token, request.get(_EXCLUDED, ()))
         if result.resource_version is not None:
             self.ledger.record_page(
                 route.resource or "",
@@ -657,8 +683,29 @@ class Proxy:
     async def _relay_watch(
         self, request: web.Request, raw: str, route: Route, watch: OpenWatch
     ) -> web.StreamResponse:
-        conn = await self._open_watch(request, raw)
+        path, _, query = raw.partition("?")
+        up = self.exclusion.watch_query(route, query, request.query)
+        conn = await self._open_watch(request, raw if up.raw == query else f"{path}?{up.raw}")
+        if up.excluded:
+            # A 400 to the requirements (an API server that cannot filter by namespace): again without
+            # them, and client-side only from now on for this kind (discofilter.exclusion).
+            try:
+                head = await conn.head()
+            except UpstreamClosed:
+                head = None
+            if head is not None and head.status == 400:
+                try:
+                    body = await conn.read_all(self.settings.watch.max_event_bytes)
+                except UpstreamClosed:
+                    body = b""
+                conn.close()
+                up.excluded, up.bookmarks_added = (), False
+                conn = await self._open_watch(request, raw)
+                with contextlib.suppress(UpstreamClosed):
+                    if (await conn.head()).status != 400:
+                        self.exclusion.refused(route.resource or "", body)
         watch.upstream = conn
+        stream: ReopeningStream | WatchConnection = conn
         if watch.stopped:
             # Membership changed while the upstream connection was opening: on_change could not end it
             # then, and an idle upstream may send nothing for a long time. End it now.
@@ -713,14 +760,37 @@ class Proxy:
                     f"API server answered a filtered WATCH with {ctype!r}: cannot filter it"
                 )
             watch.filter = wf
+            if self.exclusion.applies(route):
+                if up.bookmarks_added:
+                    wf.forward_bookmarks = False  # asked for discofilter's own use only
+                wf.tally = self.exclusion.planner.tally
+                stream = ReopeningStream(
+                    self.exclusion,
+                    conn,
+                    wf,
+                    opener=lambda target: self._open_watch(request, target),
+                    resource=watch.resource,
+                    path=path,
+                    query=query,
+                    params=request.query,
+                    active=up.excluded,
+                    rv_of=rv_of,
+                    protobuf=event is proto_error_event,
+                    content_type=ctype,
+                    watch=watch,
+                    set_upstream=lambda new: setattr(watch, "upstream", new),
+                )
             out = web.StreamResponse(status=200, reason=head.reason)
             self._copy_headers(head.headers, out, rewritten=True)
             await out.prepare(request)  # headers go out now, before the first event
             try:
-                ended_by = await self._pump(conn, out, wf, watch, request.transport)
-                if conn.undecided is not None and not watch.stopped:
+                ended_by = await self._pump(stream, out, wf, watch, request.transport)
+                current = stream.conn if isinstance(stream, ReopeningStream) else stream
+                if current.undecided is not None and not watch.stopped:
                     self.undecided_ended += 1
-                    msg = f"namespace {conn.undecided.namespace!r} of an event could not be decided; relist"
+                    msg = (
+                        f"namespace {current.undecided.namespace!r} of an event could not be decided; relist"
+                    )
                     await self._write(out, event(410, "Expired", msg), request.transport)
                 elif watch.expired:
                     msg = "mesh membership changed during this watch; relist"
@@ -745,6 +815,8 @@ class Proxy:
             return out
         finally:
             conn.close()
+            if stream is not conn:
+                stream.close()
 
     def _drop_slow_client(self, request: web.Request) -> _Abort:
         """Count and log a client that took nothing for the write timeout; raise what this returns."""
@@ -777,7 +849,7 @@ class Proxy:
 
     async def _pump(
         self,
-        conn: WatchConnection,
+        conn: WatchConnection | ReopeningStream,
         out: web.StreamResponse,
         wf: StreamFilter,
         watch: OpenWatch,
@@ -847,6 +919,10 @@ class _NoLookup:
 
     async def lookup(self, name: str) -> tuple[dict[str, object] | None, str]:
         raise NotReadyError(f"no namespace lookup configured to resolve {name!r}")
+
+
+_EXCLUDED = web.RequestKey("discofilter.excluded", tuple[str, ...])
+"""request key: the namespaces a LIST page's upstream request excluded (for the next page's)."""
 
 
 class _Abort(Exception):

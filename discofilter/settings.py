@@ -164,6 +164,47 @@ class MeshConfigSettings:
         return self.path is not None or self.configmap is not None
 
 
+ExclusionMode = Literal["auto", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExclusionSettings:
+    """Server-side exclusion (discofilter.exclusion, core.exclusion): ``metadata.namespace!=`` field
+    selector requirements on the upstream requests of cluster-wide filtered LISTs and WATCHes."""
+
+    mode: ExclusionMode = "auto"
+    """auto: exclude the costliest non-mesh namespaces at the API server, and fall back to client-side
+    filtering alone (logged once, counted) for a kind whose API server refuses the selector. off: never.
+    The client's view is the same either way; only the cost moves."""
+    max_namespaces: int = 100
+    """K, requirements per request. The API server tests each one on every event for every watcher:
+    ~85 ns each (REFERENCE.md, measured on kube-apiserver 1.28: 5.43 s of CPU with none, 5.68 s with 100,
+    7.48 s with 1,000, 12 pod watchers x 2,000 patches). K = 100 adds ~8.5 us per event per watcher,
+    less than sending the event to one watcher costs, and far less than what one excluded event saves
+    discofilter (~200-300 us of CPU per upstream event) and istiod's wire; K = 1,000 adds ~85 us per
+    event per watcher on *every* event, mesh ones included, and cost the API server more than it saved.
+    Clusters with at most K non-mesh namespaces exclude them all."""
+    max_selector_bytes: int = 6000
+    """Bytes (percent-encoded) the requirements may add to a request line. kube-apiserver takes far more
+    (a 69 KB selector answered 200), but a load balancer in front may not: nginx's default
+    large_client_header_buffers is 8 KiB per request line; 6,000 leaves room for the path and the
+    client's own parameters. 100 namespaces of 30-character names take ~5,700."""
+    replan_seconds: float = 30.0
+    """How often the excluded set is chosen again from the drops counted since. Each change re-opens
+    open watches (rate-limited), so changes should be rare; drops are counted continuously."""
+    reopen_min_interval_seconds: float = 60.0
+    """One re-open of a watch's upstream per minute at most: a re-open costs the API server a new watch
+    (cheap from its watch cache) and discofilter a connection; a changed plan can wait that long."""
+    fresh_seconds: float = 45.0
+    """A watch re-opens from its last processed resourceVersion only within this long of receiving it.
+    The 1.28 watch cache keeps at least 75 s of events (eventFreshDuration); 45 s leaves a margin for
+    a busy cache, and a bookmark refreshes a quiet watch within ~60 s."""
+    switch_grace_seconds: float = 1.0
+    """After a re-opened upstream answers 200, how long to wait for its first bytes before switching
+    to it: a too-old resourceVersion is answered by an ERROR event at once (then the old stream is kept
+    and nothing is lost); a healthy quiet watch sends nothing, and is switched to after this."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     selectors: SelectorSet = DEFAULT_MESH_SELECTORS
@@ -177,6 +218,7 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     namespaces: NamespaceWatchSettings = field(default_factory=NamespaceWatchSettings)
+    exclusion: ExclusionSettings = field(default_factory=ExclusionSettings)
     mesh: MeshConfigSettings = field(default_factory=MeshConfigSettings)
     """Off by default: without a mesh config, ``selectors`` decide alone."""
     log_level: str = "info"

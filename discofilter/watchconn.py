@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, cast
 
@@ -99,6 +100,14 @@ class WatchConnection(asyncio.Protocol):
         """An event nothing could decide: the watch was ended here, and its client must relist."""
         self.ended = False
         """``end()`` was called: nothing more is read or handed on."""
+        # Server-side exclusion's re-open (discofilter.exclusion) needs these; they cost one clock
+        # read per socket read.
+        self._held = False
+        self._interrupted = False
+        self.notify_data = False
+        """Interrupt the pending ``read()`` after any body bytes arrive, kept or not."""
+        self.last_data_at = time.monotonic()
+        """When body bytes last arrived (every event up to the filter's last processed one did)."""
 
     @classmethod
     async def open(
@@ -142,7 +151,10 @@ class WatchConnection(asyncio.Protocol):
             if reader.head is not None and not self._head.done():
                 self._head.set_result(reader.head)
             if spans:
+                self.last_data_at = time.monotonic()
                 self._hand_on(buf, spans)
+                if self.notify_data:
+                    self._interrupted = True
             if reader.done:
                 self._eof = True
                 self.close()
@@ -201,7 +213,14 @@ class WatchConnection(asyncio.Protocol):
             self._wake()
         if self._paused and self._queued < self._max_pending and self._transport is not None:
             self._paused = False
-            self._transport.resume_reading()
+            if not self._held:  # a server-side exclusion switch holds the socket: it releases it
+                self._transport.resume_reading()
+
+    @property
+    def resolving(self) -> bool:
+        """The filter stopped at an undecided event and a lookup decides it: the stream must not be
+        switched (server-side exclusion) until it is, since the held tail lives in the filter."""
+        return self._resolving is not None
 
     def eof_received(self) -> bool | None:
         return None  # close: the response is over or cut; connection_lost decides which
@@ -252,8 +271,12 @@ class WatchConnection(asyncio.Protocol):
                 self._queued = 0
                 if self._paused and self._resolving is None and self._transport is not None:
                     self._paused = False
-                    self._transport.resume_reading()
+                    if not self._held:
+                        self._transport.resume_reading()
                 return out
+            if self._interrupted:
+                self._interrupted = False
+                return b""
             if self._exc is not None:
                 raise self._exc
             if self._eof and self._resolving is None:  # a held tail is still to be decided
@@ -263,6 +286,45 @@ class WatchConnection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    @property
+    def finished(self) -> bool:
+        """The body is over (EOF, ``end()``, or an error ``read()`` raises): a b"" from ``read()`` then
+        is the end, not an ``interrupt()``."""
+        return self.ended or self._eof or self._exc is not None
+
+    def interrupt(self) -> None:
+        """Make the pending (or next) ``read()`` return b"" once, queued bytes first."""
+        self._interrupted = True
+        self._wake()
+
+    def hold(self) -> None:
+        """Stop reading the socket: nothing more reaches the filter until ``release()``."""
+        self._held = True
+        if self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+
+    def release(self) -> None:
+        self._held = False
+        if self._transport is not None and not self._paused and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def take_queued(self) -> bytes:
+        """What is queued now (kept bytes after ``attach``), without waiting."""
+        out = b"".join(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        if self._paused and self._resolving is None:
+            self._paused = False
+            if not self._held and self._transport is not None:
+                self._transport.resume_reading()
+        return out
+
+    def unread(self, data: bytes) -> None:
+        """Put raw body bytes taken before ``attach`` back in front (``attach`` filters them)."""
+        if data:
+            self._queue.insert(0, data)
+            self._queued += len(data)
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body (an error answer), at most ``limit`` bytes."""

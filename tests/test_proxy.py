@@ -60,6 +60,11 @@ async def stack(
 ) -> AsyncIterator[tuple[Running, Replay, FakeNamespaceSource]]:
     replay = Replay(routes=routes, hold_open=hold_open)
     src = source or namespace_source()
+    # Replays of captures answer whatever the query says, so server-side exclusion (and the bookmarks
+    # it asks for) would be ignored by them: these tests check client-side filtering byte for byte.
+    # tests/test_exclusion.py covers exclusion against simapi, which honours field selectors.
+    settings = settings or Settings()
+    settings = replace(settings, exclusion=replace(settings.exclusion, mode="off"))
     async with replay_server(replay) as url:
         kc = write_kubeconfig(tmp_path / "kubeconfig", url, token=OWN_TOKEN)
         async with running_discofilter(kc, settings=settings, source=src, wait_ready=wait_ready) as running:

@@ -31,6 +31,7 @@ import struct
 from collections.abc import Container
 from typing import Final
 
+from discofilter.core.exclusion import tally_drop
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES
 from discofilter.core.http1 import join_spans
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES
@@ -277,8 +278,12 @@ class ProtoWatchFilter:
         "events_dropped",
         "events_in",
         "events_kept",
+        "forward_bookmarks",
+        "last_bookmark",
         "last_kept",
+        "last_seen",
         "max_frame_bytes",
+        "tally",
     )
 
     def __init__(
@@ -311,6 +316,37 @@ class ProtoWatchFilter:
         self.bytes_out = 0
         # The last frame forwarded: the client's resume point is the resourceVersion inside it.
         self.last_kept: bytes | None = None
+        # Server-side exclusion: as in WatchFilter (last_seen: the last frame processed, kept or not).
+        self.forward_bookmarks = True
+        self.tally: dict[bytes, int] | None = None
+        self.last_seen: bytes | None = None
+        self.last_bookmark: bytes | None = None
+
+    def discard_partial(self) -> None:
+        """Forget a frame begun but not finished (the upstream stream is being replaced)."""
+        self._reset()
+
+    def _keep(
+        self, verdict: Verdict, frame: bytes | None, buf: bytes, pos: int, end: int, seen: dict[str, bool]
+    ) -> bool:
+        """Keep the frame ``buf[pos:end]`` (``frame`` when it is already whole)? Records what server-side
+        exclusion needs: the last frame processed, the last BOOKMARK, dropped bytes per namespace.
+        Raises ``Undecided`` (before recording anything) when membership cannot tell yet."""
+        etype, ns = verdict
+        if ns is None:
+            keep = True
+            if etype == "BOOKMARK":
+                self.last_bookmark = frame if frame is not None else buf[pos:end]
+                keep = self.forward_bookmarks
+        else:
+            cached = seen.get(ns)
+            keep = self._decide(ns, buf, pos, end, seen) if cached is None else cached
+        if self.tally is not None:
+            # Only a decided frame is processed: server-side exclusion re-opens from here.
+            self.last_seen = frame if frame is not None else buf[pos:end]
+            if not keep and ns is not None:
+                tally_drop(self.tally, ns.encode(), end - pos)
+        return keep
 
     @property
     def buffered(self) -> int:
@@ -333,6 +369,8 @@ class ProtoWatchFilter:
         fast = self._use_fast
         seen = self._decisions()
         stopped = self._stopped()  # _complete may have stopped at the frame it finished
+        # False: no exclusion bookkeeping, and BOOKMARK/ERROR (ns None) always kept: the plain hot path.
+        track = self.tally is not None or not self.forward_bookmarks
         while not stopped and n - pos >= _PREFIX:
             length = _U32(data, pos)[0]
             if length > limit:
@@ -346,18 +384,21 @@ class ProtoWatchFilter:
             if verdict is None:
                 verdict = classify_slow(data, body, end)
             ns = verdict[1]
-            keep = True if ns is None else seen.get(ns)
-            if keep is None:
-                assert ns is not None
-                try:
-                    keep = self._decide(ns, data, pos, end, seen)
-                except Undecided as blocked:
-                    self.events_in -= 1  # counted when it is decided
-                    self.blocked = blocked
-                    self._held = data[pos:]
-                    pos = n
-                    stopped = True
-                    break
+            try:
+                if track:
+                    keep: bool | None = self._keep(verdict, None, data, pos, end, seen)
+                else:
+                    keep = True if ns is None else seen.get(ns)
+                    if keep is None:
+                        assert ns is not None
+                        keep = self._decide(ns, data, pos, end, seen)
+            except Undecided as blocked:
+                self.events_in -= 1  # counted when it is decided
+                self.blocked = blocked
+                self._held = data[pos:]
+                pos = n
+                stopped = True
+                break
             if keep:
                 # Slicing copies the kept frame once; a chunk that is exactly one frame is passed on as is.
                 kept.append(data if end - pos == n else data[pos:end])
@@ -453,9 +494,8 @@ class ProtoWatchFilter:
         verdict = classify_fast(frame, _PREFIX, end) if self._use_fast else None
         if verdict is None:
             verdict = classify_slow(frame, _PREFIX, end)
-        ns = verdict[1]
         try:
-            keep = ns is None or self._decide(ns, frame, 0, end, self._decisions())
+            keep = self._keep(verdict, frame, frame, 0, end, self._decisions())
         except Undecided as blocked:
             self.events_in -= 1
             self.blocked = blocked

@@ -27,6 +27,7 @@ from typing import Final
 
 import orjson
 
+from discofilter.core.exclusion import tally_drop
 from discofilter.core.framing import DEFAULT_MAX_LINE_BYTES, LineFramer
 from discofilter.core.kube_types import ALWAYS_FORWARDED, EVENT_TYPES, OBJECT_EVENT_TYPES
 from discofilter.core.lifecycle import Undecided, decide, decider_of
@@ -193,7 +194,11 @@ class WatchFilter:
         "events_dropped",
         "events_in",
         "events_kept",
+        "forward_bookmarks",
+        "last_bookmark",
         "last_kept",
+        "last_seen",
+        "tally",
     )
 
     def __init__(
@@ -224,10 +229,25 @@ class WatchFilter:
         # out once per read rather than kept as an offset into the read: that would hold a whole read
         # (up to 256 KiB) per quiet watch.
         self.last_kept: bytes | None = None
+        # Server-side exclusion (core.exclusion) sets these. last_seen: the last event *processed*,
+        # kept or dropped, bookmarks included: the exact point an upstream re-open resumes from (every
+        # event up to it is filtered already). Sliced once per read, and only when tally is set.
+        self.forward_bookmarks = True
+        """False when discofilter asked the upstream for bookmarks the client did not ask for."""
+        self.tally: dict[bytes, int] | None = None
+        """Dropped bytes per namespace (core.exclusion.Planner.tally), when set."""
+        self.last_seen: bytes | None = None
+        self.last_bookmark: bytes | None = None
+        """The last BOOKMARK event processed (rare: a copy each costs nothing)."""
 
     @property
     def buffered(self) -> int:
         return self._framer.buffered
+
+    def discard_partial(self) -> None:
+        """Forget an event begun but not finished: the upstream stream is being replaced, and the new
+        one starts after the last whole event processed here (core.exclusion)."""
+        self._framer = LineFramer(self._framer.max_line_bytes)
 
     def feed(self, data: bytes) -> list[bytes]:
         """The kept events of ``data``, one bytes each (what the tests compare event by event)."""
@@ -275,6 +295,8 @@ class WatchFilter:
         pieces: list[bytes | memoryview] = []
         events = dropped = kept_bytes = bytes_in = 0
         last = last_end = -1  # the last event kept by the fast path, while none kept later elsewhere
+        tally = self.tally
+        proc = proc_end = -1  # the last event processed by the fast path (only with a tally)
         for i in range(0, len(spans), 2):
             start, stop = spans[i], spans[i + 1]
             bytes_in += stop - start
@@ -284,6 +306,7 @@ class WatchFilter:
                 continue
             if framer.buffered:
                 kept = self._feed_lines([framer.complete(view[start : nl + 1])])  # sets last_kept
+                proc = -1
                 if kept:
                     pieces.extend(kept)
                     last = -1
@@ -318,10 +341,14 @@ class WatchFilter:
                                         seen[key] = keep
                 elif nl > start and data[nl - 1] == 0x7D:
                     ns = _scan(data, start, end)  # BOOKMARK and ERROR, or None
-                    if ns is not None:
-                        # _FAST did not match, so this is a BOOKMARK or ERROR (_ALWAYS); anything else
-                        # goes the slow way, which also knows undecided namespaces.
-                        keep = True if ns is _ALWAYS else None
+                    if ns is _ALWAYS:
+                        keep = self._always(data, start, end)
+                    # _FAST did not match, so anything but a BOOKMARK or ERROR (_ALWAYS) goes the slow
+                    # way, which also knows undecided namespaces.
+                if tally is not None and keep is not None:
+                    proc, proc_end = start, end
+                    if not keep and m is not None:
+                        tally_drop(tally, key, end - start)
                 if keep:
                     if run < 0:
                         run = start
@@ -334,6 +361,7 @@ class WatchFilter:
                         run = -1
                     if keep is None:
                         slow = self._feed_lines([data[start:end]])  # counts for itself, sets last_kept
+                        proc = -1
                         if slow:
                             pieces.extend(slow)
                             last = -1
@@ -359,6 +387,8 @@ class WatchFilter:
         self.bytes_out += kept_bytes
         if last >= 0:
             self.last_kept = data if last == 0 and last_end == len(data) else data[last:last_end]
+        if proc >= 0:
+            self.last_seen = data[proc:proc_end]
         if len(pieces) == 1:
             piece = pieces[0]
             if isinstance(piece, memoryview):
@@ -437,6 +467,8 @@ class WatchFilter:
                         verdict = classify_slow(line)
                     except _TableEvent as table:
                         out = self._filter_table(table.event, line)
+                        if self.tally is not None:
+                            self.last_seen = line
                         if out is None:
                             self.events_dropped += 1
                         else:
@@ -445,7 +477,7 @@ class WatchFilter:
                         continue
                 ns = verdict[1]
                 if ns is None:
-                    keep = True
+                    keep = verdict[0] != "BOOKMARK" or self._bookmark(line)
                 elif decider is not None and decider.undecided(ns):
                     keep = decide(decider, ns, parse_rv(event_resource_version(line)))
                 else:
@@ -455,6 +487,11 @@ class WatchFilter:
                 self.blocked = blocked
                 self._held = b"".join(lines[n:]) + self._held
                 break
+            if self.tally is not None:
+                # Only a decided event is processed: server-side exclusion re-opens from here.
+                self.last_seen = line
+                if not keep and ns is not None:
+                    tally_drop(self.tally, ns.encode(), len(line))
             if keep:
                 kept.append(line)
                 self.events_kept += 1
@@ -469,6 +506,17 @@ class WatchFilter:
     def feed_eof(self) -> None:
         """End of the upstream body: raises StreamFramingError if it ended inside an event."""
         self._framer.feed_eof()
+
+    def _always(self, data: bytes, start: int, end: int) -> bool:
+        """A BOOKMARK or ERROR event found by the fast path: forwarded, but a BOOKMARK only to a
+        client that asked for bookmarks."""
+        if data.startswith(b'{"type":"BOOKMARK"', start):
+            return self._bookmark(data[start:end])
+        return True
+
+    def _bookmark(self, line: bytes) -> bool:
+        self.last_bookmark = line
+        return self.forward_bookmarks
 
     def _filter_table(self, event: dict[str, object], line: bytes) -> bytes | None:
         obj = event["object"]

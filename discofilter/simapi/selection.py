@@ -261,7 +261,9 @@ def _unescape(value: str) -> str:
     return "".join(out)
 
 
-def parse_field_selector(text: str, rt: ResourceType) -> tuple[FieldTerm, ...]:
+def parse_field_selector(
+    text: str, rt: ResourceType, unsupported: frozenset[str] = frozenset()
+) -> tuple[FieldTerm, ...]:
     """A fieldSelector query parameter for ``rt``; empty means everything. Raises a 400 ApiError."""
     terms: list[FieldTerm] = []
     for part in sorted(_split_unescaped(text, ",")):
@@ -273,7 +275,7 @@ def parse_field_selector(text: str, rt: ResourceType) -> tuple[FieldTerm, ...]:
         lhs, op, rhs = split
         terms.append(FieldTerm(lhs, _unescape(rhs), op == "!="))
     for term in terms:
-        if term.field not in rt.field_labels:
+        if term.field not in rt.field_labels or term.field in unsupported:
             raise bad_request(f"field label not supported: {term.field}")
     return tuple(terms)
 
@@ -344,8 +346,13 @@ class ObjectFilter:
         return True
 
 
-def make_filter(rt: ResourceType, label_selector: str | None, field_selector: str | None) -> ObjectFilter:
+def make_filter(
+    rt: ResourceType,
+    label_selector: str | None,
+    field_selector: str | None,
+    unsupported: frozenset[str] = frozenset(),
+) -> ObjectFilter:
     """Parse both selectors (labels first, as the query decoding does). Raises a 400 ApiError."""
     labels = parse_label_selector(label_selector) if label_selector else None
-    fields = parse_field_selector(field_selector, rt) if field_selector else ()
+    fields = parse_field_selector(field_selector, rt, unsupported) if field_selector else ()
     return ObjectFilter(rt, labels, fields)

@@ -101,6 +101,9 @@ class Store(Lifecycle):
             finalize_namespaces=finalize_namespaces,
         )
         self.require_namespace = require_namespace
+        self.unsupported_field_labels: frozenset[str] = frozenset()
+        """Field labels answered with the real server's 400 (``field label not supported: F``), as an
+        API server (or aggregated API) that cannot select on them would: tests of clients' fallbacks."""
         self._random = random.Random(seed)
         self._uid_factory = uid_factory or (
             lambda: str(uuid.UUID(int=self._random.getrandbits(128), version=4))
@@ -135,7 +138,7 @@ class Store(Lifecycle):
         from the watch cache, which did not paginate before 1.31's consistent-list-from-cache)."""
         rt = self._rt(resource)
         coll = self._coll(resource)
-        flt = make_filter(rt, label_selector, field_selector)
+        flt = make_filter(rt, label_selector, field_selector, self.unsupported_field_labels)
         validation.validate_list_options(resource_version, resource_version_match, continue_token)
         if resource_version == "0":
             limit = None
@@ -195,7 +198,7 @@ class Store(Lifecycle):
 
     def filter(self, resource: str, label_selector: str | None, field_selector: str | None) -> ObjectFilter:
         """Parse selectors for ``resource`` (400 ``ApiError`` on bad ones)."""
-        return make_filter(self._rt(resource), label_selector, field_selector)
+        return make_filter(self._rt(resource), label_selector, field_selector, self.unsupported_field_labels)
 
     # --- writing ------------------------------------------------------------------------------------------
 
