@@ -19,7 +19,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from discofilter.settings import ServerSettings, Settings
+from discofilter.settings import ExclusionSettings, ServerSettings, Settings
 from tests import fixtures
 from tests.fakes import FakeNamespaceSource
 from tests.harness import running_discofilter, write_kubeconfig
@@ -71,6 +71,9 @@ class TLSUpstream:
 
 
 PATHS = ("/api/v1/pods", "/api/v1/pods?watch=1", "/api/v1/namespaces")
+# The fake upstream checks paths as sent and answers any query alike, so server-side exclusion (which
+# rewrites the filtered queries) is off here; tests/test_exclusion.py covers it against simapi.
+NO_EXCLUSION = replace(Settings(), exclusion=ExclusionSettings(mode="off"))
 
 
 def namespaces() -> FakeNamespaceSource:
@@ -96,7 +99,7 @@ async def test_tls_listener_passes_the_clients_token_and_never_discofilters(
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     serving.configure_cert(server_ctx)
     settings = replace(
-        Settings(), server=ServerSettings(tls_cert_file="set-by-test", tls_key_file="set-by-test")
+        NO_EXCLUSION, server=ServerSettings(tls_cert_file="set-by-test", tls_key_file="set-by-test")
     )
     async with upstream.serve() as url:
         kc = write_kubeconfig(
@@ -136,7 +139,7 @@ async def test_loopback_lending_uses_discofilters_cert_only_for_requests_without
     own.cert_chain_pems[0].write_to_path(str(tmp_path / "own.crt"))
     own.private_key_pem.write_to_path(str(tmp_path / "own.key"))
     upstream = TLSUpstream(ca)
-    settings = replace(Settings(), server=ServerSettings(upstream_credentials=True))
+    settings = replace(NO_EXCLUSION, server=ServerSettings(upstream_credentials=True))
     async with upstream.serve() as url:
         kc = write_kubeconfig(
             tmp_path / "kc",
