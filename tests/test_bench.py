@@ -2,6 +2,9 @@
 
 - ``--quick`` produces results.json with the four variants and sane numbers, valid PNG plots, and a
   discofilter client that got exactly the events the churn generator logged in mesh namespaces.
+- The relist phase: per kind of namespace membership change, the relists the clients counted (none for a
+  mesh namespace created or deleted, one per watch per label flip through discofilter, none through the
+  raw relay), in results.json and in the report's table.
 - The real-cluster mode, against the simulated API server served as if it were a cluster: it cleans up
   after itself (also on SIGINT) and refuses a namespace it did not create.
 - Bad flags end in one line, never a traceback.

@@ -108,7 +108,6 @@ async def run_phase(
     """Start one client per variant, make every change, and return what each change cost each client."""
     clients = {v: Worker(f"relists-client-{v}", "discofilter.bench.client", logs) for v in VARIANTS}
     records: list[JsonObj] = []
-    markers: JsonObj = {}
     try:
         await asyncio.gather(*(c.start() for c in clients.values()))
         await asyncio.gather(
@@ -120,8 +119,7 @@ async def run_phase(
             since = time.time()
             t0 = time.monotonic()
             change = await sim.call("membership", timeout=60, kind=kind)
-            markers = change["markers"]
-            after = await _settle(clients, markers)
+            after = await _settle(clients, change["markers"])
             lists = await sim.call("list_requests", timeout=60, since=since)
             record: JsonObj = {
                 "kind": kind,
@@ -139,11 +137,7 @@ async def run_phase(
             )
             say(f"relists: {LABELS[kind]} ({change['namespace']}): {costs}; {record['settle_s']:.1f} s")
     finally:
-        if markers:
-            await asyncio.gather(
-                *(c.call("live_stop", timeout=60, markers=markers, wait_s=5) for c in clients.values()),
-                return_exceptions=True,
-            )
+        # Their stdin closes and they end, informers and all: nothing more is read from them.
         await asyncio.gather(*(c.stop() for c in clients.values()), return_exceptions=True)
     return {"changes": records, "watches_per_client": len(WATCHED), "variants": list(VARIANTS)}
 
