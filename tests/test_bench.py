@@ -2,6 +2,9 @@
 
 - ``--quick`` produces results.json with the four variants and sane numbers, valid PNG plots, and a
   discofilter client that got exactly the events the churn generator logged in mesh namespaces.
+- The relist phase: per kind of namespace membership change, the relists the clients counted (none for a
+  mesh namespace created or deleted, one per watch per label flip through discofilter, none through the
+  raw relay), in results.json and in the report's table.
 - The real-cluster mode, against the simulated API server served as if it were a cluster: it cleans up
   after itself (also on SIGINT) and refuses a namespace it did not create.
 - Bad flags end in one line, never a traceback.
@@ -244,6 +247,63 @@ def test_flip_runs_record_rss_through_each_latency_run(quick: tuple[Path, dict[s
         assert max(mb for _, mb in run["rss_mb"]) <= r["process_peak_rss_mb"][name] + 1
 
 
+KINDS = ("create", "delete", "join", "leave")
+
+
+def test_relists_are_counted_per_kind_of_membership_change(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, r, _ = quick
+    x = r["relists"]
+    assert list(x["kinds"]) == list(KINDS)
+    assert x["variants"] == ["discofilter", "passthrough"] and x["watches_per_client"] == 4
+    changes = r["run"]["relist_changes"]
+    for kind, entry in x["kinds"].items():
+        assert entry["changes"] == changes == len(entry["namespaces"]), kind
+        disco, raw = entry["variants"]["discofilter"], entry["variants"]["passthrough"]
+        # Without a filter nothing ever ends a watch.
+        assert raw["relists"] == raw["expired_410"] == raw["relist_bytes"] == 0, kind
+        # Every relist the clients made reached simapi once, and nothing else LISTed the four resources.
+        assert entry["simapi_lists"] == disco["relists"] + raw["relists"], kind
+    created, deleted = x["kinds"]["create"], x["kinds"]["delete"]
+    assert created["namespaces"] == deleted["namespaces"]
+    for entry in (created, deleted):
+        disco = entry["variants"]["discofilter"]
+        assert disco["relists"] == disco["expired_410"] == disco["relist_bytes"] == 0
+        # The namespace's objects reached the client through discofilter as events, as they did the
+        # raw relay's: more than the four end markers per change.
+        assert disco["watch_events"] == entry["variants"]["passthrough"]["watch_events"] > 4 * changes
+    for kind in ("join", "leave"):
+        disco = x["kinds"][kind]["variants"]["discofilter"]
+        # One 410 and one relist per watch per flip, each relist a LIST of real bytes.
+        assert disco["relists"] >= 1 and disco["relist_bytes"] > 0
+        assert disco["relists"] == disco["expired_410"] == 4 * changes
+        assert disco["relists_per_watch_per_change"] == 1.0
+    assert x["as_expected"] is True
+
+
+def test_the_report_prints_relists_per_kind_of_change(quick: tuple[Path, dict[str, Any], str]) -> None:
+    _, r, stdout = quick
+    lines = stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Relists per membership change"))
+    assert lines[head + 1].split()[:3] == ["change", "changes", "disco"]
+    rows = lines[head + 3 : head + 7]
+    for row, (kind, entry) in zip(rows, r["relists"]["kinds"].items(), strict=True):
+        assert row.startswith(entry["label"]), (kind, row)
+        cells = row[len(entry["label"]) :].split()
+        disco, raw = entry["variants"]["discofilter"], entry["variants"]["passthrough"]
+        assert cells == [
+            str(entry["changes"]),
+            str(disco["relists"]),
+            f"{disco['relists_per_watch_per_change']:.2f}",
+            str(disco["expired_410"]),
+            f"{disco['relist_bytes'] / 1e6:.2f}",
+            str(raw["relists"]),
+            f"{raw['relists_per_watch_per_change']:.2f}",
+            str(raw["expired_410"]),
+            f"{raw['relist_bytes'] / 1e6:.2f}",
+            str(entry["simapi_lists"]),
+        ], row
+
+
 @pytest.mark.parametrize(
     ("flags", "problem"),
     [
@@ -252,6 +312,7 @@ def test_flip_runs_record_rss_through_each_latency_run(quick: tuple[Path, dict[s
         (["--cluster-namespace", "x"], "--kubeconfig"),
         (["--kubeconfig", "/nonexistent/kubeconfig"], "kubeconfig"),
         (["--trials", "0"], "--trials"),
+        (["--relist-changes", "0"], "--relist-changes must be at least 1"),
     ],
 )
 def test_bad_flags_end_in_one_line(tmp_path: Path, flags: list[str], problem: str) -> None:

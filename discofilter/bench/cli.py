@@ -38,6 +38,7 @@ _RUN_FLAGS = {
     "rate": "rate",
     "latency_seconds": "latency_seconds",
     "flip_every": "flip_every",
+    "relist_changes": "relist_changes",
     "client_decode": "decode",
     "core_seconds": "core_seconds",
     "paced_rates": "paced_rates",
@@ -102,6 +103,11 @@ def add_bench_parser(sub: Any) -> None:
         "--flip-every",
         type=float,
         help=f"seconds between namespace label flips, 0 for none (default {r.flip_every:g})",
+    )
+    g.add_argument(
+        "--relist-changes",
+        type=int,
+        help=f"times each kind of membership change is made in the relist phase (default {r.relist_changes})",
     )
     g.add_argument("--client-decode", choices=DECODE_MODELS, help=f"client decode model (default {r.decode})")
     g.add_argument(

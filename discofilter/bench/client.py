@@ -356,6 +356,8 @@ class Informer:
     watches: int = 0
     expired: int = 0
     bytes: int = 0
+    watching: bool = False
+    """A watch is open and has answered 200: not in the relist backoff, not listing."""
     synced: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -389,26 +391,33 @@ class Informer:
             if resp.status != 200:
                 raise BenchError(f"watch {self.resource}: HTTP {resp.status}")
             self.watches += 1
-            opened = time.time()
-            framer = LineFramer()
-            while True:
-                chunk = await resp.content.readany()
-                now = time.time()
-                if not chunk:
-                    return rv
-                for line in framer.feed(chunk):
-                    self.bytes += len(line)
-                    etype, erv = scan(line)
-                    if etype == "ERROR":
-                        self.expired += 1
-                        return None
-                    if erv:
-                        rv = erv
-                        self.seen_rv = max(self.seen_rv, erv)
-                    if etype != "BOOKMARK":
-                        self.rv.append(erv)
-                        self.recv_t.append(now)
-                        self.open_t.append(opened)
+            self.watching = True
+            try:
+                return await self._read(resp, rv)
+            finally:
+                self.watching = False
+
+    async def _read(self, resp: aiohttp.ClientResponse, rv: int) -> int | None:
+        opened = time.time()
+        framer = LineFramer()
+        while True:
+            chunk = await resp.content.readany()
+            now = time.time()
+            if not chunk:
+                return rv
+            for line in framer.feed(chunk):
+                self.bytes += len(line)
+                etype, erv = scan(line)
+                if etype == "ERROR":
+                    self.expired += 1
+                    return None
+                if erv:
+                    rv = erv
+                    self.seen_rv = max(self.seen_rv, erv)
+                if etype != "BOOKMARK":
+                    self.rv.append(erv)
+                    self.recv_t.append(now)
+                    self.open_t.append(opened)
 
 
 class Live:
@@ -434,6 +443,25 @@ class Live:
             failed = [t.exception() for t in self.tasks if t.done()]
             raise BenchError(f"informers did not sync: {failed or 'timeout'}")
         return {"sync_s": time.perf_counter() - t0, "list_bytes": sum(i.list_bytes for i in self.informers)}
+
+    async def counts(self, msg: JsonObj) -> JsonObj:
+        """Each informer's counters now, the informers still running: for the relist phase, which reads
+        them around each membership change."""
+        failed = [t.exception() for t in self.tasks if t.done()]
+        if failed:
+            raise BenchError(f"an informer ended: {failed[0]}")
+        return {
+            i.resource: {
+                "lists": i.lists,
+                "list_bytes": i.list_bytes,
+                "expired": i.expired,
+                "watches": i.watches,
+                "watching": i.watching,
+                "seen_rv": i.seen_rv,
+                "events": len(i.rv),
+            }
+            for i in self.informers
+        }
 
     async def stop(self, msg: JsonObj) -> JsonObj:
         markers, deadline = msg["markers"], time.monotonic() + float(msg.get("wait_s", 60.0))
@@ -471,7 +499,15 @@ class Live:
 
 async def main() -> None:
     live = Live()
-    await serve_commands({"replay": replay, "bare": bare, "live_start": live.start, "live_stop": live.stop})
+    await serve_commands(
+        {
+            "replay": replay,
+            "bare": bare,
+            "live_start": live.start,
+            "live_counts": live.counts,
+            "live_stop": live.stop,
+        }
+    )
 
 
 if __name__ == "__main__":

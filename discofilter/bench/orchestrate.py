@@ -21,6 +21,9 @@ Phases, in one run so every variant sees the same machine:
    and WATCH through it, and others directly beside them (each client its own process), while simapi
    churns at a fixed rate, with namespace label flips in the second half; each event's latency is its
    arrival time minus its commit time, and the proxy's added latency is compared event by event.
+4. relists, on the latency phase's proxies: each kind of namespace membership change (a mesh namespace
+   created, one deleted, a label flip joining, one leaving) made a few times while informers watch
+   through discofilter and the raw relay; the relists each change cost them (``relists.py``).
 
 The simulated API server and its pump speak TLS with a CA made at the start of the run (``tlsca.py``);
 every proxy and client verifies it (discofilter through its kubeconfig's ``certificate-authority``).
@@ -43,6 +46,7 @@ from typing import Final
 
 import orjson
 
+from discofilter.bench import relists
 from discofilter.bench.core import build_corpora, core_results
 from discofilter.bench.procs import (
     BenchError,
@@ -150,6 +154,7 @@ class Raw:
     paced: list[PacedRun] = field(default_factory=list)
     exclusion: JsonObj = field(default_factory=dict)
     upstream: JsonObj = field(default_factory=dict)
+    relists: JsonObj = field(default_factory=dict)
     elapsed_s: float = 0.0
 
 
@@ -294,6 +299,13 @@ class Bench:
             ) as f:
                 await self._latency(f)
                 self.raw.peak_rss_mb = {n: p.peak_rss_mb() for n, p in f.proxies.items()}
+                self.progress(
+                    f"relists: each kind of membership change {run.relist_changes} times, clients through "
+                    f"{' and '.join(relists.VARIANTS)}"
+                )
+                self.raw.relists = await relists.run_phase(
+                    self.sim, f.urls, str(self.ca.ca_file), out / "logs", run.relist_changes, self.progress
+                )
             self.raw.peak_rss_mb |= {"simapi": self.sim.peak_rss_mb(), "client": self.client.peak_rss_mb()}
         finally:
             await asyncio.gather(self.sim.stop(), self.client.stop(), return_exceptions=True)

@@ -1,6 +1,6 @@
 """The report ``discofilter bench`` prints (stdout), from ``results.json``'s content.
 
-Its first line is the verdict (``verdict_line``): the answer an operator runs the bench for, before six
+Its first line is the verdict (``verdict_line``): the answer an operator runs the bench for, before seven
 tables of detail; its last lines say where results.json and the plots are.
 """
 
@@ -116,6 +116,32 @@ def _paced_lines(r: JsonObj) -> list[str]:
     return lines
 
 
+def _relist_lines(r: JsonObj) -> list[str]:
+    """Relists per kind of membership change, as the clients counted them."""
+    x = r["relists"]
+    lines = [
+        f"Relists per membership change ({x['changes_per_kind']} of each kind, against the simulated API "
+        f"server; {x['watches_per_client']} watches per client; counted by the clients: LISTs after their "
+        "first, 410s received, and the relist LISTs' MB; simapi LISTs from its request log, all clients):",
+    ]
+    rows = []
+    for kind in x["kinds"].values():
+        row = [kind["label"], _fmt(kind["changes"])]
+        for v in x["variants"]:
+            c = kind["variants"][v]
+            row += [
+                _fmt(c["relists"]),
+                _fmt(c["relists_per_watch_per_change"], 2),
+                _fmt(c["expired_410"]),
+                _fmt(c["relist_bytes"] / 1e6, 2),
+            ]
+        rows.append([*row, _fmt(kind["simapi_lists"])])
+    short = {"discofilter": "disco", "passthrough": "raw"}
+    heads = [h for v in x["variants"] for h in (f"{short.get(v, v)} relists", "/watch/change", "410s", "MB")]
+    lines += _table(["change", "changes", *heads, "simapi LISTs"], rows)
+    return lines
+
+
 def render(r: JsonObj) -> str:
     w, s, m = r["workload"], r["stream"], r["machine"]
     v = r["variants"]
@@ -176,6 +202,7 @@ def render(r: JsonObj) -> str:
         )
     headers = ["variant", "written/s", "p50 ms", "p99 ms", "max ms", "+p50 ms", "+p99 ms"]
     lines += _table([*headers, "flips p99", "flips max", "relists", "list MB", "RSS MB"], rows)
+    lines += ["", *_relist_lines(r)]
     lines += ["", *_paced_lines(r)]
     lines += ["", "Every event kept (selector matching every namespace):"]
     ak = r["all_kept"]

@@ -20,6 +20,9 @@ Definitions (also in bench/README.md):
   sent, excluded ones counted as if sent, so runs with and without server-side exclusion compare): the
   proxy's for the proxies, the reader's own for the bare TLS reader and the direct client; the NET at
   that rate; and each proxy's CPU over the bare reader's.
+- ``relists``: per kind of namespace membership change (``relists.py``), the relists (LISTs after the
+  first), 410s and relist bytes the clients through discofilter and the raw relay counted themselves, and
+  the LISTs simapi's request log shows.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
+from discofilter.bench import relists
 from discofilter.bench.orchestrate import ALL_KEPT, BARE, EXCLUSION, MAIN, RECEIVE_PATH, PacedRun, Raw, Trial
 from discofilter.bench.settings import CLIENT_GO_JSON_SECONDS_PER_BYTE, BenchSettings
 
@@ -325,6 +329,7 @@ def summarize(settings: BenchSettings, raw: Raw) -> JsonObj:
     out["ratios"] = _ratios(variants, all_kept)
     out["net"] = _net(variants, stream_bytes)
     out["paced"] = _paced(settings, raw)
+    out["relists"] = relists.summarize(raw.relists, settings.run.relist_changes)
     out["targets"] = _targets(out)
     out["verdict"] = _verdict(out)
     return out

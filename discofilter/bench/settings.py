@@ -46,6 +46,10 @@ class RunSettings:
     flip_every: float = 2.0
     """In the second half of each latency run, a namespace label flip every 2 s (joining, then leaving the
     mesh); discofilter answers each with a 410 and its clients relist."""
+    relist_changes: int = 3
+    """In the relist phase, each kind of membership change (mesh namespace created, deleted, label flip in,
+    out) made 3 times: several of each, at ~1.5 s per flip (client-go's ~1 s backoff, then a relist) and
+    well under a second per creation or deletion, ~12 s in all."""
     decode: str = "json"
     """The istiod decode model: the standard library's json.loads of every event (see client.py)."""
     core_seconds: float = 1.0
@@ -64,6 +68,8 @@ class RunSettings:
             raise ValueError("--rate and --latency-seconds must be positive")
         if not self.paced_rates or any(r <= 0 for r in self.paced_rates) or self.paced_seconds <= 0:
             raise ValueError("--paced-rates must be positive numbers and --paced-seconds positive")
+        if self.relist_changes < 1:
+            raise ValueError("--relist-changes must be at least 1")
         if self.flip_every < 0:
             raise ValueError("--flip-every must be 0 (no flips) or positive")
         if self.decode not in DECODE_MODELS:
@@ -82,11 +88,12 @@ QUICK_RUN: Final = {
     "paced_seconds": 1.0,
     "latency_seconds": 1.5,
     "flip_every": 0.4,
+    "relist_changes": 1,
     "core_seconds": 0.1,
     "core_events": 300,
 }
 """--quick: 50 namespaces (5 in the mesh), a 1,500-event stream played twice, one trial, short latency
-runs, paced runs of one second at two rates."""
+runs, paced runs of one second at two rates, each membership change once."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

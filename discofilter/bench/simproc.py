@@ -28,6 +28,7 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import uvloop
@@ -38,7 +39,7 @@ from discofilter.bench.procs import BenchError, JsonObj, serve_commands
 from discofilter.bench.pump import Recording, frame_chunks, paced_plan, serve_pump
 from discofilter.bench.workload import WATCHED, Churn, WorkloadSettings, Write
 from discofilter.core.framing import LineFramer
-from discofilter.simapi import SimSettings, Store, serve
+from discofilter.simapi import REQUEST_LOG, SimSettings, Store, serve
 
 log = logging.getLogger("discofilter.bench.simproc")
 
@@ -67,6 +68,8 @@ class SimServer:
         self.recording: Recording | None = None
         self.server_ssl: ssl.SSLContext | None = None
         self.client_ssl: ssl.SSLContext | None = None
+        self.joined: list[str] = []
+        """Namespaces ``membership`` moved into the mesh, not yet out again."""
 
     def _parts(self) -> tuple[Store, Churn]:
         if self.store is None or self.churn is None:
@@ -216,6 +219,53 @@ class SimServer:
         out.update(commit_rv=rvs, commit_t=times, flips=flips, achieved_rate=len(rvs) / elapsed)
         return out
 
+    async def membership(self, msg: JsonObj) -> JsonObj:
+        """One membership change of kind ``kind`` (``MEMBERSHIP_CHANGES``), then the end markers: a client
+        has seen everything the change caused once each of its watches is past its marker."""
+        _, churn = self._parts()
+        kind = str(msg["kind"])
+        if kind == "create":
+            writes = churn.create_namespace()
+        elif kind == "delete":
+            names = churn.lifecycle_namespaces
+            if not names:
+                raise BenchError("delete: no namespace made by create is left")
+            writes = churn.delete_namespace(names[0])
+        elif kind == "join":
+            writes = [churn.relabel(churn.plain_namespace(), True)]
+            self.joined.append(writes[0].namespace)
+        elif kind == "leave":
+            if not self.joined:
+                raise BenchError("leave: no namespace joined by join is left")
+            writes = [churn.relabel(self.joined.pop(0), False)]
+        else:
+            raise BenchError(f"unknown membership change {kind!r}")
+        for write in writes:
+            self._apply(write)
+        start = writes[0].rv - 1
+        out = self._finish(start)
+        out.update(kind=kind, namespace=writes[0].namespace, writes=len(writes))
+        return out
+
+    async def list_requests(self, msg: JsonObj) -> JsonObj:
+        """LIST requests of the watched resources simapi received since ``since`` (``time.time()``), per
+        resource, from its own request log: what the relists cost the API server, whichever proxy they
+        came through. A GET is a LIST unless ``watch`` is set to anything but 0/false (as simapi reads
+        it, ``request.py``)."""
+        if self.runner is None:
+            raise BenchError("setup first")
+        since = float(msg["since"])
+        paths = {p: r for r, p in PATHS.items()}
+        out = dict.fromkeys(WATCHED, 0)
+        for req in self.runner.app[REQUEST_LOG]:
+            resource = paths.get(req.path)
+            if resource is None or req.method != "GET" or req.at < since:
+                continue
+            watch = parse_qs(req.query, keep_blank_values=True).get("watch")
+            if watch is None or watch[0].lower() in ("0", "false"):
+                out[resource] += 1
+        return out
+
     async def state(self, msg: JsonObj) -> JsonObj:
         store, churn = self._parts()
         return {"rv": store.resource_version, "namespaces": churn.namespaces}
@@ -243,6 +293,8 @@ async def main() -> None:
                 "record": server.record,
                 "live": server.live,
                 "paced": server.paced,
+                "membership": server.membership,
+                "list_requests": server.list_requests,
                 "state": server.state,
             }
         )

@@ -141,6 +141,8 @@ class Churn:
         self._apps: list[App] = []
         self._lanes: list[Iterator[Write]] = []
         self._markers = 0
+        self._created = 0
+        self._lifecycle_apps: dict[str, App] = {}
 
     # --- setup --------------------------------------------------------------------------------------------
 
@@ -194,11 +196,73 @@ class Churn:
             self._flipped, joining = ns, True
         else:
             ns, self._flipped, joining = self._flipped, None, False
+        return self.relabel(ns, joining)
+
+    def relabel(self, ns: str, joining: bool) -> Write:
+        """The label flip of an existing namespace ``ns`` into (or out of) the mesh."""
         self.namespaces[ns] = joining
         old = self._namespace_objs.get(ns)
         write = self._write("namespaces", "MODIFIED", self._objects.namespace(ns, joining, old), ns)
         self._namespace_objs[ns] = write.obj
         return write
+
+    def plain_namespace(self) -> str:
+        """A namespace out of the mesh that no flip has touched: the next to join (deterministic)."""
+        return next(n for n in self._flippable if not self.namespaces[n] and n != self._flipped)
+
+    # --- namespace lifecycle ------------------------------------------------------------------------------
+
+    def create_namespace(self) -> list[Write]:
+        """A new mesh namespace, labelled from birth, then one app in it (Service, Running pods, Endpoints,
+        EndpointSlice), in the order a ``kubectl apply`` of a namespace and a Deployment writes them.
+        The app stays out of the churn, so ``delete_namespace`` can take everything away again."""
+        self._created += 1
+        ns = f"{self._objects.word()}-new{self._created:02d}"
+        self.namespaces[ns] = True
+        out = [self._write("namespaces", "ADDED", self._objects.namespace(ns, True, None), ns)]
+        self._namespace_objs[ns] = out[0].obj
+        app = self._objects.app(ns, True)
+        app.service = (w := self._write("services", "ADDED", app.service, ns)).obj
+        out.append(w)
+        for _ in range(self.settings.pods_per_app):
+            pod = self._objects.pod(app)
+            app.pods.append(pod)
+            pod.obj = (w := self._write("pods", "ADDED", self._objects.pod_obj(app, pod, "running"), ns)).obj
+            out.append(w)
+        app.endpoints = (w := self._write("endpoints", "ADDED", self._objects.endpoints(app), ns)).obj
+        out.append(w)
+        app.endpoint_slice = (
+            w := self._write("endpointslices", "ADDED", self._objects.endpoint_slice(app), ns)
+        ).obj
+        out.append(w)
+        self._lifecycle_apps[ns] = app
+        return out
+
+    def delete_namespace(self, ns: str) -> list[Write]:
+        """Delete a namespace made by ``create_namespace`` as the namespace controller does: the namespace
+        MODIFIED (deletionTimestamp, Terminating), every object in it DELETED, then the namespace DELETED
+        once its finalizer is done; each DELETED carries the object as last stored."""
+        app = self._lifecycle_apps.pop(ns)
+        old = self._namespace_objs.pop(ns)
+        meta = ordered_meta(old["metadata"], deletionTimestamp=self._objects.now())
+        terminating = replaced(old, metadata=meta, status={"phase": "Terminating"})
+        out = [ending := self._write("namespaces", "MODIFIED", terminating, ns)]
+        for pod in app.pods:
+            out.append(self._write("pods", "DELETED", pod.obj, ns))
+        for resource, obj in (
+            ("endpointslices", app.endpoint_slice),
+            ("endpoints", app.endpoints),
+            ("services", app.service),
+        ):
+            out.append(self._write(resource, "DELETED", obj, ns))
+        out.append(self._write("namespaces", "DELETED", ending.obj, ns))
+        del self.namespaces[ns]
+        return out
+
+    @property
+    def lifecycle_namespaces(self) -> list[str]:
+        """Namespaces ``create_namespace`` made that are not deleted yet, oldest first."""
+        return list(self._lifecycle_apps)
 
     def markers(self) -> dict[str, Write]:
         """One MODIFIED per watched resource in the marker namespace: the last event of a stream, kept by
