@@ -172,15 +172,6 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         raise ConfigError(str(exc)) from exc
 
 
-def _prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
-    except OSError as exc:
-        raise ConfigError(f"--out {str(out)!r} is not a writable directory: {exc}") from exc
-
-
 def check_bench_extra() -> None:
     """The benchmark's own dependencies are the ``bench`` extra; say so instead of a traceback."""
     missing = []
@@ -199,7 +190,9 @@ def check_bench_extra() -> None:
 def run_bench(args: argparse.Namespace) -> int:
     check_bench_extra()
     settings = settings_from_args(args)
-    _prepare_out(settings.run.out)
+    from discofilter.bench.procs import writable_dir
+
+    writable_dir(settings.run.out, "--out")
     if settings.cluster is not None:
         from discofilter.bench.cluster import run_cluster
 

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import aiohttp
 import orjson
 
-from discofilter.errors import DiscofilterError
+from discofilter.errors import ConfigError, DiscofilterError
 
 if TYPE_CHECKING:
     import psutil
@@ -319,3 +319,15 @@ async def sample_rss(procs: Sequence[Proc], stop: asyncio.Event, every: float = 
             p.sample_rss()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
+
+
+def writable_dir(out: Path, flag: str) -> Path:
+    """Make ``out`` (``flag`` names it in the error) and prove it writable before a long run starts, so a
+    bad path is one line at once rather than a traceback after minutes of work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_text("")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {str(out)!r} is not a writable directory: {exc.strerror or exc}") from exc
+    return out

@@ -21,10 +21,9 @@ from typing import Final, TypeVar
 import aiohttp
 import orjson
 
-from discofilter.bench.procs import BenchError, Proc, start_discofilter, write_kubeconfig
+from discofilter.bench.procs import BenchError, Proc, start_discofilter, writable_dir, write_kubeconfig
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS
 from discofilter.demo.settings import DemoSettings
-from discofilter.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -50,13 +49,7 @@ def simapi_argv(settings: DemoSettings, kubeconfig: Path) -> list[str]:
 def prepare_out(out: Path | None) -> Path:
     if out is None:
         return Path(tempfile.mkdtemp(prefix="discofilter-demo-"))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
-    except OSError as exc:
-        raise ConfigError(f"--dir {str(out)!r} is not a writable directory: {exc.strerror or exc}") from exc
-    return out
+    return writable_dir(out, "--dir")
 
 
 async def _unless_stopped(step: Awaitable[T], stop: asyncio.Event) -> T:
