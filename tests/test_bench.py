@@ -623,3 +623,38 @@ async def test_a_killed_bench_takes_its_processes_with_it(tmp_path: Path) -> Non
     async with asyncio.timeout(20):
         while processes_naming(out):
             await asyncio.sleep(0.2)
+
+
+async def test_the_pumps_namespace_watch_sends_bookmarks_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the API server does: a quiet namespace watch that asked for bookmarks gets them, so
+    discofilter's membership stays confirmed through a long saturation run (a silent one made filtered
+    requests wait for a namespace LIST 65 s in, in the middle of the measurement); one that did not ask
+    gets none."""
+    import orjson
+
+    from discofilter.bench import pump
+    from discofilter.bench.pump import Recording, serve_pump
+
+    monkeypatch.setattr(pump, "BOOKMARK_EVERY_SECONDS", 0.05)
+    server, url = await serve_pump(Recording("7", {}, b"{}"))
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        async with asyncio.timeout(30):  # a guard against a hang, not a measurement
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"GET /api/v1/namespaces?watch=1&resourceVersion=9&allowWatchBookmarks=true HTTP/1.1\r\n"
+                b"Host: x\r\n\r\n"
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            events = [orjson.loads(c) for c in await read_chunks(reader, 2)]
+            assert [e["type"] for e in events] == ["BOOKMARK", "BOOKMARK"]
+            assert events[0]["object"]["metadata"] == {"resourceVersion": "9"}
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /api/v1/namespaces?watch=1&resourceVersion=9 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.readuntil(b"\r\n"), 0.3)
+            writer.close()
+    finally:
+        server.close()

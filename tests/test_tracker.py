@@ -182,3 +182,27 @@ async def test_a_change_of_thousands_of_namespaces_is_one_bounded_log_line(
     assert "t-0100" not in line.getMessage()
     assert len(line.getMessage()) < 2000
     assert line.__dict__["changed_count"] == 3000 and len(line.__dict__["changed"]) == 100
+
+
+async def test_a_timer_already_firing_is_left_alone_not_rescheduled_into_an_error() -> None:
+    """The bench caught a filtered request answered 500: it asked the tracker to cut the namespace
+    watch's read for a LIST just as that read's timeout was firing, and ``Timeout.reschedule`` raises
+    in that state. The deadline is then moot: the read or sleep is ending anyway."""
+    from discofilter.tracker import reschedule_unless_expiring
+
+    loop = asyncio.get_running_loop()
+    timer = asyncio.timeout(None)
+
+    async def guarded() -> None:
+        async with timer:
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(guarded())
+    await asyncio.sleep(0)  # the task is inside the timeout now
+    assert reschedule_unless_expiring(timer, loop.time() + 5)  # a live timer moves
+    timer.reschedule(loop.time() - 1)  # due: its callback is queued
+    await asyncio.sleep(0)  # the callback ran (the timer is expiring), the task has not resumed yet
+    assert timer.expired()
+    assert not reschedule_unless_expiring(timer, loop.time())  # no RuntimeError, nothing to do
+    with pytest.raises(TimeoutError):
+        await task
