@@ -28,6 +28,7 @@ from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api
 from discofilter.app import Runtime
 from discofilter.core.membership import Membership
 from discofilter.core.selectors import SelectorSet
+from discofilter.errors import UpstreamError, raise_for_status
 
 log = logging.getLogger("discofilter.gateways")
 
@@ -65,10 +66,6 @@ def unkept_gateways(
     return lines
 
 
-class _ListFailed(Exception):
-    """The pod LIST was answered with an error status; never leaves this module."""
-
-
 async def _gateway_namespaces(api: CoreV1Api) -> set[str]:
     found: set[str] = set()
     for selector in GATEWAY_SELECTORS:
@@ -83,9 +80,9 @@ async def _gateway_namespaces(api: CoreV1Api) -> set[str]:
             )
             async with resp:
                 body = await resp.read()
-            if resp.status != 200:
-                # kubernetes-asyncio raises ApiException only when it preloads the body itself.
-                raise _ListFailed(f"{resp.status} {resp.reason}")
+            # kubernetes-asyncio raises ApiException only when it preloads the body itself.
+            hint = " (discofilter needs list on pods)" if resp.status in (401, 403) else ""
+            raise_for_status(resp.status, resp.reason, body, "gateway pod list", hint)
             doc = orjson.loads(body)
             for item in doc.get("items") or []:
                 ns = (item.get("metadata") or {}).get("namespace")
@@ -114,10 +111,10 @@ async def check_gateways(runtime: Runtime) -> None:
     try:
         async with ApiClient(runtime.upstream._config) as client:
             namespaces = await _gateway_namespaces(CoreV1Api(client))
-    except (_ListFailed, ApiException) as exc:
+    except (UpstreamError, ApiException) as exc:
         log.warning(
-            "cannot list gateway pods to check their namespaces are kept (%s; discofilter needs list on "
-            "pods); check by hand that every gateway namespace is selected",
+            "cannot list gateway pods to check their namespaces are kept (%s); check by hand that every "
+            "gateway namespace is selected",
             exc,
         )
         return
