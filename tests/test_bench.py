@@ -34,20 +34,25 @@ PROXY_ONLY = ("proxy_cpu_us_per_event", "peak_rss_mb")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def bench(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "discofilter", "bench", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    out = tmp_path_factory.mktemp("bench-out")
-    done = bench("--quick", "--out", str(out))
+    # A relative --out, as the README's command runs it (its default is ./bench-out): the kubeconfigs
+    # the bench writes there must still find their CA (a relative certificate-authority is read from
+    # the kubeconfig's own folder, as kubectl reads it).
+    here = tmp_path_factory.mktemp("bench-cwd")
+    out = here / "bench-out"
+    done = bench("--quick", "--out", "bench-out", cwd=here)
     assert done.returncode == 0, done.stderr[-3000:]
     results: dict[str, Any] = json.loads((out / "results.json").read_text())
     return out, results, done.stdout
@@ -123,7 +128,7 @@ VERDICT = re.compile(
 def test_the_first_line_is_a_verdict_that_agrees_with_results_json(
     quick: tuple[Path, dict[str, Any], str],
 ) -> None:
-    out, r, stdout = quick
+    _out, r, stdout = quick
     first = stdout.splitlines()[0]
     m = VERDICT.fullmatch(first)
     assert m, first
@@ -143,7 +148,8 @@ def test_the_first_line_is_a_verdict_that_agrees_with_results_json(
     # 10 targets as before, 2 against the bare reader, one NET per paced rate (two in --quick), 1 NET
     # with exclusion.
     assert int(m["total"]) == len(r["targets"]) == 10 + 2 + 2 + 1
-    assert m["json"] == str(out / "results.json") and m["png"] == str(out / "*.png")
+    given = Path("bench-out")  # the paths are printed as the user gave --out (the fixture: relative)
+    assert m["json"] == str(given / "results.json") and m["png"] == str(given / "*.png")
 
 
 def paced_entry(r: dict[str, Any], rate: float) -> dict[str, Any]:
@@ -224,11 +230,12 @@ def test_the_exclusion_variant_runs_only_where_the_build_offers_it(
 
 
 def test_results_path_and_cpu_model_are_on_stdout(quick: tuple[Path, dict[str, Any], str]) -> None:
-    out, r, stdout = quick
+    _out, r, stdout = quick
     lines = stdout.splitlines()
-    assert f"results: {out / 'results.json'}" in lines
+    assert f"results: {Path('bench-out') / 'results.json'}" in lines  # as --out was given
     plots = next(line for line in lines if line.startswith("plots: "))
-    assert str(out / "net.png") in plots and str(out / "flip.png") in plots
+    given = Path("bench-out")
+    assert str(given / "net.png") in plots and str(given / "flip.png") in plots
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     assert model and r["machine"]["cpu_model"] == model[1].strip()

@@ -256,7 +256,9 @@ def write_kubeconfig(
     cluster's kubeconfig has it. JSON is YAML, so no YAML library is needed."""
     cluster: dict[str, str] = {"server": server}
     if ca_file is not None:
-        cluster["certificate-authority"] = str(ca_file)
+        # Absolute: a relative certificate-authority is read from the kubeconfig's own folder (as kubectl
+        # reads it), and the bench's output folder is relative by default (./bench-out).
+        cluster["certificate-authority"] = str(ca_file.resolve())
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
