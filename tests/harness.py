@@ -23,6 +23,7 @@ from discofilter.app import (
 )
 from discofilter.runner import check_server_settings
 from discofilter.settings import ServerSettings, Settings, UpstreamSettings
+from discofilter.simapi import SimSettings, Store, build_app
 from discofilter.tracker import NamespaceSource
 from discofilter.upstream import load_upstream
 
@@ -83,6 +84,20 @@ class Running:
     health_url: str
     runtime: Runtime
     metrics_url: str = ""
+
+
+@contextlib.asynccontextmanager
+async def serving_simapi(store: Store, settings: SimSettings | None = None) -> AsyncIterator[str]:
+    """simapi over ``store`` on a free 127.0.0.1 port for the block; yields its URL."""
+    runner = web.AppRunner(
+        build_app(store, settings or SimSettings()), handler_cancellation=True, shutdown_timeout=0.5
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

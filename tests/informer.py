@@ -79,3 +79,14 @@ async def running(informers: list[Informer]):  # type: ignore[no-untyped-def]
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+def istiod_informers(api: client.ApiClient) -> dict[str, Informer]:
+    """One cluster-wide informer per filtered kind, as istiod runs them (JSON)."""
+    core, disc = client.CoreV1Api(api), client.DiscoveryV1Api(api)
+    return {
+        "pods": Informer(core.list_pod_for_all_namespaces),
+        "services": Informer(core.list_service_for_all_namespaces),
+        "endpoints": Informer(core.list_endpoints_for_all_namespaces),
+        "endpointslices": Informer(disc.list_endpoint_slice_for_all_namespaces),
+    }

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from kubernetes_asyncio import client as aclient
 
 from discofilter.bench.simproc import seeded_store
 from discofilter.bench.workload import WorkloadSettings
 from discofilter.settings import Settings
 from discofilter.simapi import SimSettings, build_app
 from tests.harness import running_discofilter, write_kubeconfig
-from tests.informer import Informer, running
+from tests.informer import istiod_informers, running
 from tests.test_e2e import api_client
 
 
@@ -44,13 +43,7 @@ async def main() -> None:
     sim = f"http://127.0.0.1:{runner.addresses[0][1]}"
     async with running_discofilter(write_kubeconfig(tmp / "own", sim, token="t"), settings=Settings()) as df:
         api = await api_client(write_kubeconfig(tmp / "c", df.url, token="t"))
-        core, disc = aclient.CoreV1Api(api), aclient.DiscoveryV1Api(api)
-        infs = {
-            "pods": Informer(core.list_pod_for_all_namespaces),
-            "services": Informer(core.list_service_for_all_namespaces),
-            "endpoints": Informer(core.list_endpoints_for_all_namespaces),
-            "endpointslices": Informer(disc.list_endpoint_slice_for_all_namespaces),
-        }
+        infs = istiod_informers(api)
         async with running(list(infs.values())):
             while any(i.lists == 0 for i in infs.values()):
                 await asyncio.sleep(0.05)

@@ -12,8 +12,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,15 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, Configuration
 
 from discofilter.errors import UpstreamError
 from discofilter.settings import UpstreamSettings
-from discofilter.simapi import SimSettings, Store, build_app
+from discofilter.simapi import SimSettings, Store
 from discofilter.tracker import KubernetesNamespaceSource
 from discofilter.upstream import load_upstream
 from tests import fixtures
-from tests.harness import running_discofilter, write_kubeconfig
+from tests.harness import running_discofilter, serving_simapi, write_kubeconfig
 from tests.test_proxy import namespace_source
 
 PORTS = {"DISCOFILTER_LISTEN": "127.0.0.1:0"} | {
@@ -205,18 +203,10 @@ async def test_tls_file_that_is_not_a_certificate_names_both_files(tmp_path: Pat
 # --- Which kubeconfig: kubectl's order, against the simulated API server ---------------------------
 
 
-@asynccontextmanager
-async def simapi(tokens: dict[str, str] | None = None) -> AsyncIterator[str]:
+def simapi(tokens: dict[str, str] | None = None) -> AbstractAsyncContextManager[str]:
     store = Store(seed=7)
     store.load_list("namespaces", orjson.loads(fixtures.body("list-namespaces.json")))
-    settings = SimSettings(bookmark_interval=0.2, tokens=tokens or {})
-    runner = web.AppRunner(build_app(store, settings), shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    return serving_simapi(store, SimSettings(bookmark_interval=0.2, tokens=tokens or {}))
 
 
 def dead_url() -> str:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from discofilter.simapi import SimSettings, build_app
-from tests.harness import bound_ports
+from discofilter.simapi import SimSettings
+from tests.harness import bound_ports, serving_simapi
 from tests.test_e2e import seeded
 from tests.test_shutdown import serve_process
 
@@ -97,15 +95,8 @@ def test_every_flag_and_variable_of_serve_is_in_the_configuration_table() -> Non
     assert documented_envs - envs == set(), "README documents variables discofilter serve does not read"
 
 
-@asynccontextmanager
-async def simapi() -> AsyncIterator[str]:
-    runner = web.AppRunner(build_app(seeded(), SimSettings(bookmark_interval=0.3, bookmark_lead=0.1)))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+def simapi() -> AbstractAsyncContextManager[str]:
+    return serving_simapi(seeded(), SimSettings(bookmark_interval=0.3, bookmark_lead=0.1))
 
 
 def exported_names(exposition: str) -> set[str]:

@@ -31,7 +31,7 @@ from discofilter.settings import ServerSettings, Settings
 from discofilter.simapi import REQUEST_LOG, SimSettings, Store, build_app
 from tests import fixtures
 from tests.harness import Running, running_discofilter, write_kubeconfig
-from tests.informer import Informer, running
+from tests.informer import Informer, istiod_informers, running
 
 ADMIN = "admin-token"
 OWN = "discofilter-token"
@@ -142,13 +142,7 @@ async def converge(env: Env, informers: dict[str, Informer], timeout: float = 10
 async def test_informers_stay_exact_through_churn_and_label_flips(tmp_path: Path) -> None:
     async with environment(tmp_path) as env:
         api = await api_client(env.client_kubeconfig)
-        core, disc = aclient.CoreV1Api(api), aclient.DiscoveryV1Api(api)
-        informers = {
-            "pods": Informer(core.list_pod_for_all_namespaces),
-            "services": Informer(core.list_service_for_all_namespaces),
-            "endpoints": Informer(core.list_endpoints_for_all_namespaces),
-            "endpointslices": Informer(disc.list_endpoint_slice_for_all_namespaces),
-        }
+        informers = istiod_informers(api)
         try:
             async with running(list(informers.values())):
                 await converge(env, informers)

@@ -11,22 +11,20 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import orjson
-from aiohttp import web
 from kubernetes_asyncio.client import CoreV1Api
 
 from discofilter.core.membership import Membership
 from discofilter.core.selectors import DEFAULT_MESH_SELECTORS, SelectorSet, parse_selector
 from discofilter.gateways import unkept_gateways
-from discofilter.simapi import SimSettings, Store, build_app
+from discofilter.simapi import SimSettings, Store
 from tests.deploy.kube import kubectl
-from tests.harness import bound_ports, write_kubeconfig
+from tests.harness import bound_ports, serving_simapi, write_kubeconfig
 from tests.test_e2e import ADMIN, OWN, api_client, pod
 
 MESH = {"istio-injection": "enabled"}
@@ -54,16 +52,9 @@ def store() -> Store:
     return s
 
 
-@asynccontextmanager
-async def simapi(s: Store, **settings: Any) -> AsyncIterator[str]:
+def simapi(s: Store, **settings: Any) -> AbstractAsyncContextManager[str]:
     sim = SimSettings(bookmark_interval=0.5, tokens={ADMIN: "admin", OWN: "discofilter"}, **settings)
-    runner = web.AppRunner(build_app(s, sim), handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    return serving_simapi(s, sim)
 
 
 class Serve:

@@ -24,12 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from kubernetes_asyncio import client as aclient
 
 from discofilter.settings import ServerSettings, Settings
 from discofilter.simapi import REQUEST_LOG, SimSettings, build_app
 from tests.harness import running_discofilter, write_kubeconfig
-from tests.informer import Informer, running
+from tests.informer import istiod_informers, running
 from tests.test_e2e import ADMIN, OWN, Env, api_client, converge, pod, seeded
 
 MESH = {"istio-injection": "enabled"}
@@ -98,13 +97,7 @@ async def test_informers_stay_exact_with_no_relist_through_namespace_lifecycles(
 ) -> None:
     async with skewed(tmp_path, SKEWS[skew]) as env:
         api = await api_client(env.client_kubeconfig)
-        core, disc = aclient.CoreV1Api(api), aclient.DiscoveryV1Api(api)
-        informers = {
-            "pods": Informer(core.list_pod_for_all_namespaces),
-            "services": Informer(core.list_service_for_all_namespaces),
-            "endpoints": Informer(core.list_endpoints_for_all_namespaces),
-            "endpointslices": Informer(disc.list_endpoint_slice_for_all_namespaces),
-        }
+        informers = istiod_informers(api)
         try:
             async with running(list(informers.values())):
                 await converge(env, informers)

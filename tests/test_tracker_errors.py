@@ -14,12 +14,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from discofilter.errors import UpstreamError
-from discofilter.simapi import SimSettings, Store, build_app
+from discofilter.simapi import SimSettings, Store
 from discofilter.tracker import KubernetesNamespaceSource
-from tests.harness import running_discofilter, write_kubeconfig
+from tests.harness import running_discofilter, serving_simapi, write_kubeconfig
 
 OWN = "discofilter-token"
 
@@ -28,13 +27,8 @@ OWN = "discofilter-token"
 async def sim() -> AsyncIterator[tuple[str, Store]]:
     store = Store(seed=3)
     store.create("namespaces", {"metadata": {"name": "mesh-a", "labels": {"istio-injection": "enabled"}}})
-    runner = web.AppRunner(build_app(store, SimSettings(tokens={OWN: "discofilter"})), shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", store
-    finally:
-        await runner.cleanup()
+    async with serving_simapi(store, SimSettings(tokens={OWN: "discofilter"})) as url:
+        yield url, store
 
 
 async def _source(kubeconfig: Path) -> tuple[KubernetesNamespaceSource, object]:
