@@ -96,7 +96,7 @@ async def build_runtime(
     if source is None:
         assert api_client is not None
         source = KubernetesNamespaceSource(api_client)
-        lookup = KubernetesNamespaceLookup(api_client)
+        lookup = KubernetesNamespaceLookup(source)
     else:
         lookup = ListingLookup(source)  # an injected source (tests): look up through its LIST
     proxy.resolver = NamespaceResolver(membership, lookup)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import aiohttp
-import orjson
-from kubernetes_asyncio.client import ApiClient, ApiException, CoreV1Api
 
 from discofilter.core.membership import Membership, parse_rv
-from discofilter.errors import DiscofilterError, raise_for_status
+from discofilter.errors import DiscofilterError
 
 log = logging.getLogger("discofilter.resolver")
 
@@ -54,41 +52,42 @@ class NamespaceLookup(Protocol):
         ...
 
 
-class KubernetesNamespaceLookup:
-    """The real lookup: ``GET /api/v1/namespaces?fieldSelector=metadata.name=NS`` (a quorum read)."""
+class NamespaceLister(Protocol):
+    """What a lookup reads through: ``tracker.KubernetesNamespaceSource``, or a test's fake source."""
 
-    def __init__(self, api_client: ApiClient) -> None:
-        self._api = CoreV1Api(api_client)
+    async def list(self) -> tuple[list[RawDict], str]: ...
+
+
+class SelectingLister(Protocol):
+    async def list(self, field_selector: str | None = None) -> tuple[list[RawDict], str]: ...
+
+
+def _named(items: list[RawDict], name: str) -> RawDict | None:
+    return next((i for i in items if (i.get("metadata") or {}).get("name") == name), None)
+
+
+class KubernetesNamespaceLookup:
+    """The real lookup: the namespace source's LIST narrowed to one name
+    (``fieldSelector=metadata.name=NS``, a quorum read), with the source's error handling."""
+
+    def __init__(self, source: SelectingLister) -> None:
+        self._source = source
 
     async def lookup(self, name: str) -> tuple[RawDict | None, str]:
-        try:
-            resp = cast(
-                aiohttp.ClientResponse,
-                await self._api.list_namespace(
-                    field_selector=f"metadata.name={name}", resource_version="", _preload_content=False
-                ),
-            )
-        except ApiException as exc:
-            raise DiscofilterError(f"namespace lookup of {name!r} failed: {exc.status} {exc.reason}") from exc
-        async with resp:
-            body = await resp.read()
-            raise_for_status(resp.status, resp.reason, body, f"namespace lookup of {name!r}")
-        doc = orjson.loads(body)
-        items = [i for i in doc.get("items") or [] if (i.get("metadata") or {}).get("name") == name]
-        return (items[0] if items else None), str((doc.get("metadata") or {}).get("resourceVersion", ""))
+        items, rv = await self._source.list(field_selector=f"metadata.name={name}")
+        return _named(items, name), rv
 
 
 class ListingLookup:
     """A lookup from any source that can LIST every namespace (``tracker.NamespaceSource``): for tests
     and fakes. A real cluster uses ``KubernetesNamespaceLookup``, which reads one namespace."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: NamespaceLister) -> None:
         self._source = source
 
     async def lookup(self, name: str) -> tuple[RawDict | None, str]:
         items, rv = await self._source.list()
-        found = [i for i in items if (i.get("metadata") or {}).get("name") == name]
-        return (found[0] if found else None), rv
+        return _named(items, name), rv
 
 
 class NamespaceResolver:

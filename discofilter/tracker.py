@@ -75,11 +75,14 @@ class KubernetesNamespaceSource:
     def __init__(self, api_client: ApiClient) -> None:
         self._api = CoreV1Api(api_client)
 
-    async def list(self) -> tuple[list[RawDict], str]:
+    async def list(self, field_selector: str | None = None) -> tuple[list[RawDict], str]:
+        """A consistent LIST of every namespace, or of those ``field_selector`` picks (the resolver's
+        lookup of one namespace by name)."""
+        kwargs: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
         try:
             resp = cast(
                 aiohttp.ClientResponse,
-                await self._api.list_namespace(resource_version="", _preload_content=False),
+                await self._api.list_namespace(resource_version="", _preload_content=False, **kwargs),
             )
         except ApiException as exc:
             raise _api_error(exc) from exc
