@@ -104,8 +104,6 @@ class NamespaceResolver:
         """Lookups that found it gone."""
         self.failed = 0
         """Lookups that failed (the API server did not answer): the stream relists."""
-        self.undecidable = 0
-        """Events nothing could decide (the stream relists)."""
 
     async def resolve(self, namespace: str, rv: int | None) -> bool:
         """Wait until membership can decide an event of ``namespace`` at ``rv``; False if it cannot."""
@@ -116,14 +114,12 @@ class NamespaceResolver:
             read_at = await self._lookup_once(namespace)
         except (DiscofilterError, aiohttp.ClientError, OSError, ValueError) as exc:
             log.warning("namespace %s: lookup failed (%s); the stream waiting on it relists", namespace, exc)
-            self.undecidable += 1
             return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.wait_seconds
         while m.decide_at(namespace, rv) is None:
             caught_up = read_at is not None and m.last_rv is not None and m.last_rv >= read_at
             if caught_up or loop.time() >= deadline:
-                self.undecidable += 1
                 log.info(
                     "namespace %s: an event at rv %s cannot be decided (namespace gone, and the "
                     "namespace watch %s); its stream relists",

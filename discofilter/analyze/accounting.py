@@ -84,8 +84,6 @@ class NamespaceCounts:
     outside_events_by_format: dict[str, int] = field(default_factory=dict)
     list_objects: dict[str, int] = field(default_factory=dict)
     list_bytes: dict[str, int] = field(default_factory=dict)
-    list_outside: bool = False
-    """The namespace was outside the mesh at the (first) LIST."""
     gateways: set[str] = field(default_factory=set)
     """Names of gateway pods seen in this namespace."""
 
@@ -177,7 +175,6 @@ class Tally:
             counts.list_bytes[kind] = counts.list_bytes.get(kind, 0) + item.size
             k.list_objects_by_format[fmt] = k.list_objects_by_format.get(fmt, 0) + 1
             if item.namespace not in members:
-                counts.list_outside = True
                 k.outside_list_objects += 1
                 k.outside_list_bytes += item.size
                 k.outside_list_objects_by_format[fmt] = k.outside_list_objects_by_format.get(fmt, 0) + 1

@@ -12,8 +12,6 @@ from discofilter.bench.workload import WorkloadSettings
 from discofilter.demo.settings import DEMO_WORKLOAD, ChurnSettings, DemoSettings, SimApiSettings
 from discofilter.errors import ConfigError
 
-COMMANDS = ("simapi", "demo")
-
 
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     w, c = DEMO_WORKLOAD, ChurnSettings()
